@@ -1,0 +1,130 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::error::Result;
+use crate::node::{Created, Listing, Node, NodeSpec, Op, Revision};
+use crate::session::{SessionId, SessionState};
+
+/// A coordination store: opens sessions. Object safe: the facade holds an
+/// `Arc<dyn Backend>` chosen at run time.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug {
+    /// Short name of the backend (`"memory"`, `"etcd"`, `"zookeeper"`).
+    fn name(&self) -> &'static str;
+
+    /// Opens a new session: an etcd lease kept alive in the background, a ZooKeeper
+    /// session, ... The session stays [`SessionState::Live`] until closed, expired or
+    /// dropped.
+    ///
+    /// Cancel safety: dropping the future may leave a lease that expires after its TTL.
+    async fn open_session(&self, options: &SessionOptions) -> Result<Arc<dyn Session>>;
+}
+
+/// Options for [`Backend::open_session`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionOptions {
+    /// Lease TTL / session timeout: how long the session survives without keep-alives.
+    pub ttl: Duration,
+}
+
+impl SessionOptions {
+    /// Options with the given TTL.
+    pub fn with_ttl(ttl: Duration) -> Self {
+        SessionOptions { ttl }
+    }
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            ttl: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A session and everything done through it.
+///
+/// Nodes created through a session are owned by it and disappear when it is closed or
+/// lost. All keys are relative to the backend root.
+///
+/// Every method is cancel safe in the sense that dropping its future leaves the store
+/// consistent; where a dropped call may still take effect on the server, the method says
+/// so and says how to undo it.
+#[async_trait]
+pub trait Session: Send + Sync + fmt::Debug {
+    /// The session's id.
+    fn id(&self) -> SessionId;
+
+    /// The TTL the session was opened with.
+    fn ttl(&self) -> Duration;
+
+    /// The session's state as a value that changes: `borrow()` for now, `changed()` to
+    /// wait. Once [`SessionState::Lost`], it never changes again.
+    fn state(&self) -> watch::Receiver<SessionState>;
+
+    /// Creates an ephemeral node owned by this session in `spec.queue`, at the end of the
+    /// queue's total order, and reads the queue (in one round trip where the backend
+    /// can). Idempotent per `spec.id`: a retry after connection loss returns the node
+    /// created by the first try instead of creating a second one.
+    ///
+    /// Cancel safety: a dropped call may still create the node; [`Session::abandon`] with
+    /// the same spec removes it.
+    async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created>;
+
+    /// Removes the node created for `spec` (by [`Session::create_sequential`] with the
+    /// same `spec.id`), if there is one. `Ok` when there is nothing to remove.
+    ///
+    /// Cancel safety: safe; call again to finish.
+    async fn abandon(&self, spec: &NodeSpec) -> Result<()>;
+
+    /// The queue's nodes in order and the revision they were read at.
+    ///
+    /// Cancel safety: safe (read only).
+    async fn list(&self, queue: &str) -> Result<Listing>;
+
+    /// Resolves when `key` does not exist: at once if it is already gone, otherwise when
+    /// it is deleted. A deletion that happens after a [`Session::list`] at revision
+    /// `since` is never missed, however soon after the listing this is called.
+    ///
+    /// Errors: [`crate::Error::SessionExpired`] if this session is lost while waiting;
+    /// [`crate::Error::Connection`] if the watch broke (call again to resume).
+    ///
+    /// Cancel safety: safe; dropping it cancels the watch.
+    async fn deleted(&self, key: &str, since: Revision) -> Result<()>;
+
+    /// Deletes `node` if it still is the very node given (same key and fencing token): a
+    /// retried or late delete never removes a newer node. `Ok` if it is already gone.
+    ///
+    /// Cancel safety: a dropped call may still delete; call again to be sure.
+    async fn delete(&self, node: &Node) -> Result<()>;
+
+    /// Applies `ops` atomically if and only if `guard` still exists (same key and token).
+    /// Fails with [`crate::Error::LockLost`] otherwise, writing nothing. A `Put` on the
+    /// guard's own key replaces its payload and keeps it owned by the session.
+    ///
+    /// Cancel safety: a dropped call may or may not have applied the whole batch.
+    async fn guarded(&self, guard: &Node, ops: &[Op]) -> Result<()>;
+
+    /// Reads a key's value.
+    ///
+    /// Cancel safety: safe (read only).
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Creates a persistent key with `value` unless it exists. Returns the existing value
+    /// if there was one (and writes nothing then), `None` if it created the key.
+    ///
+    /// Cancel safety: a dropped call may still create the key.
+    async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Closes the session: every node it owns is removed at once and its state becomes
+    /// [`SessionState::Lost`]. Idempotent.
+    ///
+    /// Cancel safety: a dropped call may or may not have closed the session; dropping the
+    /// last handle to the session closes it in the background.
+    async fn close(&self) -> Result<()>;
+}

@@ -1,0 +1,36 @@
+//! # queuelock-core — the backend contract
+//!
+//! queuelock's recipes (mutex, read-write lock, semaphore, election) are written once,
+//! against the traits in this crate. A backend (etcd, ZooKeeper, the in-process memory
+//! store, or a third-party one) implements [`Backend`] and [`Session`] and nothing else:
+//!
+//! * a **session** (an etcd lease kept alive, a ZooKeeper session) whose state is a value
+//!   the caller can watch ([`SessionState`]); closing or losing it removes its nodes;
+//! * **ephemeral sequential nodes**, created idempotently ([`Session::create_sequential`]),
+//!   each carrying a position in its queue and a cluster-wide increasing fencing token;
+//! * an ordered **listing** of a queue with the revision it was read at;
+//! * a **deletion watch** on one key that cannot miss a deletion between a listing and
+//!   the watch ([`Session::deleted`]);
+//! * **identity-guarded deletes** and **writes guarded by a node's existence**;
+//! * small key/value reads and writes.
+//!
+//! Keys are `/`-separated paths relative to the backend's root (the etcd prefix or the
+//! ZooKeeper chroot); the backend maps them to its own namespace.
+//!
+//! This crate depends on no client library.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod error;
+mod name;
+mod node;
+mod session;
+
+pub use backend::{Backend, Session, SessionOptions};
+pub use error::{BoxError, Error, Result};
+pub use name::{LockName, NameError, MAX_NAME_LEN, MAX_SEGMENT_LEN};
+pub use node::{Created, Listing, Node, NodeKind, NodeSpec, Op, Revision};
+pub use session::{LossReason, SessionId, SessionState};
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

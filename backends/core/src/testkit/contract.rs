@@ -1,0 +1,1 @@
+//! Contract tests (being written).

@@ -1,0 +1,1 @@
+//! etcd backend for queuelock (work in progress).

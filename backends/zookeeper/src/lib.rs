@@ -1,0 +1,1 @@
+//! ZooKeeper backend for queuelock (work in progress).
