@@ -170,7 +170,14 @@ mod tests {
 
     #[test]
     fn accepts_good_names() {
-        for n in ["a", "jobs/nightly", "A-b_c.d/e1", "x/y/z", "...a", "zookeeper2/x"] {
+        for n in [
+            "a",
+            "jobs/nightly",
+            "A-b_c.d/e1",
+            "x/y/z",
+            "...a",
+            "zookeeper2/x",
+        ] {
             assert_eq!(LockName::new(n).expect(n).as_str(), n);
         }
         let longest = format!("{}/{}", "a".repeat(127), "b".repeat(128));
@@ -186,12 +193,38 @@ mod tests {
         assert_eq!(reason("a/../b"), NameError::DotSegment { index: 1 });
         assert_eq!(reason("."), NameError::DotSegment { index: 0 });
         assert_eq!(reason("a b"), NameError::BadChar { ch: ' ', offset: 1 });
-        assert_eq!(reason("é"), NameError::BadChar { ch: 'é', offset: 0 });
-        assert_eq!(reason("a\nb"), NameError::BadChar { ch: '\n', offset: 1 });
-        assert_eq!(reason("a\0"), NameError::BadChar { ch: '\0', offset: 1 });
-        assert_eq!(reason("a\\b"), NameError::BadChar { ch: '\\', offset: 1 });
+        assert_eq!(
+            reason("é"),
+            NameError::BadChar {
+                ch: 'é', offset: 0
+            }
+        );
+        assert_eq!(
+            reason("a\nb"),
+            NameError::BadChar {
+                ch: '\n',
+                offset: 1
+            }
+        );
+        assert_eq!(
+            reason("a\0"),
+            NameError::BadChar {
+                ch: '\0',
+                offset: 1
+            }
+        );
+        assert_eq!(
+            reason("a\\b"),
+            NameError::BadChar {
+                ch: '\\',
+                offset: 1
+            }
+        );
         assert_eq!(reason(&"a".repeat(300)), NameError::TooLong { len: 300 });
-        assert_eq!(reason(&"a".repeat(129)), NameError::SegmentTooLong { index: 0 });
+        assert_eq!(
+            reason(&"a".repeat(129)),
+            NameError::SegmentTooLong { index: 0 }
+        );
         assert_eq!(reason("zookeeper"), NameError::Reserved);
         assert_eq!(reason("zookeeper/quota"), NameError::Reserved);
     }

@@ -1,0 +1,567 @@
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use queuelock_core::{
+    Backend, Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result, Session,
+    SessionId, SessionOptions, SessionState,
+};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// An in-process coordination store. Cheap to clone; clones share the store.
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    revision: u64,
+    next_session: u64,
+    entries: BTreeMap<String, Entry>,
+    sessions: HashMap<u64, SessionRec>,
+    /// Deletion watches by key; each fires once.
+    watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
+    delay: Duration,
+}
+
+struct Entry {
+    value: Vec<u8>,
+    create_rev: u64,
+    /// Owning session for ephemeral nodes, `None` for persistent keys.
+    owner: Option<u64>,
+    /// Queue nodes carry their kind; plain keys do not and are not listed.
+    kind: Option<NodeKind>,
+}
+
+struct SessionRec {
+    state: watch::Sender<SessionState>,
+    suspended: bool,
+    /// When the "server" expires the session unless a keep-alive arrives first.
+    deadline: Instant,
+    ttl: Duration,
+    /// Attempt id -> key, for idempotent create and abandon.
+    attempts: HashMap<Uuid, String>,
+}
+
+fn kind_tag(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::Lock => "lock",
+        NodeKind::Read => "read",
+        NodeKind::Write => "write",
+        NodeKind::Latch => "latch",
+        NodeKind::Permit => "permit",
+        _ => "node",
+    }
+}
+
+impl State {
+    fn check(&self, id: u64) -> Result<&SessionRec> {
+        match self.sessions.get(&id) {
+            None => Err(Error::SessionExpired(SessionId(id))),
+            Some(rec) if rec.suspended => Err(Error::connection(format!(
+                "memory session {:x} is suspended (fault injection)",
+                id
+            ))),
+            Some(rec) => Ok(rec),
+        }
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
+    fn remove_entry(&mut self, key: &str) -> bool {
+        if self.entries.remove(key).is_none() {
+            return false;
+        }
+        self.bump();
+        for w in self.watchers.remove(key).unwrap_or_default() {
+            let _ = w.send(());
+        }
+        true
+    }
+
+    /// Ends a session the way a server does: the owner learns it is lost first, then its
+    /// nodes go, all under one lock so nobody is granted anything in between.
+    fn end_session(&mut self, id: u64) -> bool {
+        let Some(rec) = self.sessions.remove(&id) else {
+            return false;
+        };
+        rec.state.send_replace(SessionState::Lost);
+        let owned: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.owner == Some(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in owned {
+            self.remove_entry(&key);
+        }
+        true
+    }
+
+    fn node(&self, key: &str) -> Option<Node> {
+        let e = self.entries.get(key)?;
+        Some(Node {
+            key: key.to_owned(),
+            sequence: e.create_rev,
+            token: e.create_rev,
+            kind: e.kind?,
+        })
+    }
+
+    fn listing(&self, queue: &str) -> Listing {
+        let prefix = format!("{queue}/");
+        let mut nodes: Vec<Node> = self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, e)| e.kind.is_some() && !k[prefix.len()..].contains('/'))
+            .filter_map(|(k, _)| self.node(k))
+            .collect();
+        nodes.sort_by_key(|n| n.sequence);
+        Listing {
+            nodes,
+            revision: self.revision,
+        }
+    }
+}
+
+impl MemoryBackend {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide store behind `memory://`: every client connected to it in this
+    /// process shares it.
+    pub fn global() -> Self {
+        static GLOBAL: OnceLock<MemoryBackend> = OnceLock::new();
+        GLOBAL.get_or_init(MemoryBackend::new).clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock_state(&self.shared)
+    }
+
+    /// Fault injection: expires session `id` now, as a server would after its TTL. Its
+    /// state becomes [`SessionState::Lost`] and its nodes are removed. Returns false if
+    /// no such session is open.
+    pub fn expire_session(&self, id: SessionId) -> bool {
+        tracing::debug!(session = %id, "memory: expiring session (fault injection)");
+        self.lock().end_session(id.0)
+    }
+
+    /// Fault injection: cuts session `id`'s "connection". Its state becomes
+    /// [`SessionState::Suspended`], its operations fail with [`Error::Connection`], its
+    /// watches deliver nothing until resumed, and keep-alives stop, so the session expires
+    /// once its TTL has passed since the last keep-alive. Returns false if no such session.
+    pub fn suspend_session(&self, id: SessionId) -> bool {
+        let mut st = self.lock();
+        match st.sessions.get_mut(&id.0) {
+            Some(rec) => {
+                rec.suspended = true;
+                rec.state.send_replace(SessionState::Suspended);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fault injection: restores session `id`'s connection if it has not expired yet
+    /// (state back to [`SessionState::Live`]). Returns false if the session is gone.
+    pub fn resume_session(&self, id: SessionId) -> bool {
+        let mut st = self.lock();
+        match st.sessions.get_mut(&id.0) {
+            Some(rec) => {
+                rec.suspended = false;
+                rec.deadline = Instant::now() + rec.ttl;
+                rec.state.send_replace(SessionState::Live);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fault injection: every operation waits `delay` before it reaches the store, like
+    /// a slow network. `Duration::ZERO` turns it off.
+    pub fn set_delay(&self, delay: Duration) {
+        self.lock().delay = delay;
+    }
+
+    /// Every key at or below `prefix` (a `/`-separated path), sorted. For tests that check
+    /// nothing is left behind.
+    pub fn keys_under(&self, prefix: &str) -> Vec<String> {
+        let st = self.lock();
+        let dir = format!("{prefix}/");
+        st.entries
+            .keys()
+            .filter(|k| k.as_str() == prefix || k.starts_with(&dir))
+            .cloned()
+            .collect()
+    }
+
+    /// Number of open sessions.
+    pub fn session_count(&self) -> usize {
+        self.lock().sessions.len()
+    }
+}
+
+fn lock_state(shared: &Shared) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave State half-updated in a way that matters
+    // more than losing the whole store, so keep going with the data as it is.
+    shared.state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("MemoryBackend")
+            .field("revision", &st.revision)
+            .field("entries", &st.entries.len())
+            .field("sessions", &st.sessions.len())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    /// Cancel safety: safe; the session is registered without awaiting anything.
+    async fn open_session(&self, options: &SessionOptions) -> Result<Arc<dyn Session>> {
+        let ttl = options.ttl.max(Duration::from_millis(10));
+        let (tx, rx) = watch::channel(SessionState::Live);
+        let id = {
+            let mut st = self.lock();
+            st.next_session += 1;
+            let id = st.next_session;
+            st.sessions.insert(
+                id,
+                SessionRec {
+                    state: tx,
+                    suspended: false,
+                    deadline: Instant::now() + ttl,
+                    ttl,
+                    attempts: HashMap::new(),
+                },
+            );
+            id
+        };
+        let keepalive = tokio::spawn(keep_alive(Arc::downgrade(&self.shared), id, ttl));
+        Ok(Arc::new(MemorySession {
+            backend: self.clone(),
+            id,
+            ttl,
+            state: rx,
+            keepalive,
+        }))
+    }
+}
+
+/// Plays both the client's keep-alive loop and the server's expiry check.
+async fn keep_alive(shared: Weak<Shared>, id: u64, ttl: Duration) {
+    loop {
+        let pause = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let st = lock_state(&shared);
+            let Some(rec) = st.sessions.get(&id) else {
+                return;
+            };
+            if rec.suspended {
+                rec.deadline.saturating_duration_since(Instant::now())
+            } else {
+                ttl / 3
+            }
+        };
+        tokio::time::sleep(pause.max(Duration::from_millis(1))).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut st = lock_state(&shared);
+        let now = Instant::now();
+        let Some(rec) = st.sessions.get_mut(&id) else {
+            return;
+        };
+        if !rec.suspended {
+            rec.deadline = now + ttl;
+        } else if now >= rec.deadline {
+            tracing::debug!(session = %SessionId(id), "memory: session expired after its TTL");
+            st.end_session(id);
+            return;
+        }
+    }
+}
+
+/// A session of a [`MemoryBackend`]. Dropping it closes it.
+pub struct MemorySession {
+    backend: MemoryBackend,
+    id: u64,
+    ttl: Duration,
+    state: watch::Receiver<SessionState>,
+    keepalive: JoinHandle<()>,
+}
+
+impl fmt::Debug for MemorySession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemorySession")
+            .field("id", &SessionId(self.id))
+            .field("state", &*self.state.borrow())
+            .finish()
+    }
+}
+
+impl Drop for MemorySession {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+        self.backend.lock().end_session(self.id);
+    }
+}
+
+impl MemorySession {
+    /// Waits out the injected delay, then checks that the session can talk to the store.
+    async fn gate(&self) -> Result<()> {
+        let delay = self.backend.lock().delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.backend.lock().check(self.id).map(|_| ())
+    }
+
+    fn expired(&self) -> Error {
+        Error::SessionExpired(SessionId(self.id))
+    }
+}
+
+#[async_trait]
+impl Session for MemorySession {
+    fn id(&self) -> SessionId {
+        SessionId(self.id)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn state(&self) -> watch::Receiver<SessionState> {
+        self.state.clone()
+    }
+
+    /// Cancel safety: a dropped call may have created the node; `abandon` removes it.
+    async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created> {
+        self.gate().await?;
+        let mut st = self.backend.lock();
+        st.check(self.id)?;
+        let existing = st.sessions[&self.id]
+            .attempts
+            .get(&spec.id)
+            .and_then(|key| st.node(key));
+        let node = match existing {
+            Some(node) => node,
+            None => {
+                let rev = st.bump();
+                let key = format!(
+                    "{}/{}-{}-{:010}",
+                    spec.queue,
+                    kind_tag(spec.kind),
+                    spec.id.simple(),
+                    rev
+                );
+                st.entries.insert(
+                    key.clone(),
+                    Entry {
+                        value: spec.payload.clone(),
+                        create_rev: rev,
+                        owner: Some(self.id),
+                        kind: Some(spec.kind),
+                    },
+                );
+                if let Some(rec) = st.sessions.get_mut(&self.id) {
+                    rec.attempts.insert(spec.id, key.clone());
+                }
+                Node {
+                    key,
+                    sequence: rev,
+                    token: rev,
+                    kind: spec.kind,
+                }
+            }
+        };
+        let listing = st.listing(&spec.queue);
+        Ok(Created { node, listing })
+    }
+
+    /// Cancel safety: safe.
+    async fn abandon(&self, spec: &NodeSpec) -> Result<()> {
+        self.gate().await?;
+        let mut st = self.backend.lock();
+        st.check(self.id)?;
+        let key = st
+            .sessions
+            .get_mut(&self.id)
+            .and_then(|rec| rec.attempts.remove(&spec.id));
+        if let Some(key) = key {
+            if st
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.owner == Some(self.id))
+            {
+                st.remove_entry(&key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancel safety: safe (read only).
+    async fn list(&self, queue: &str) -> Result<Listing> {
+        self.gate().await?;
+        let st = self.backend.lock();
+        st.check(self.id)?;
+        Ok(st.listing(queue))
+    }
+
+    /// Cancel safety: safe.
+    async fn deleted(&self, key: &str, _since: u64) -> Result<()> {
+        self.gate().await?;
+        let fired = {
+            let mut st = self.backend.lock();
+            st.check(self.id)?;
+            if !st.entries.contains_key(key) {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            let list = st.watchers.entry(key.to_owned()).or_default();
+            list.retain(|w| !w.is_closed());
+            list.push(tx);
+            rx
+        };
+        let mut state = self.state.clone();
+        tokio::select! {
+            r = fired => r.map_err(|_| Error::connection("memory store dropped"))?,
+            _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
+        }
+        // A suspended connection hears of the deletion only once it is back.
+        let live = matches!(
+            state
+                .wait_for(|s| *s != SessionState::Suspended)
+                .await
+                .map(|s| *s),
+            Ok(SessionState::Live)
+        );
+        if live {
+            Ok(())
+        } else {
+            Err(self.expired())
+        }
+    }
+
+    /// Cancel safety: safe.
+    async fn delete(&self, node: &Node) -> Result<()> {
+        self.gate().await?;
+        let mut st = self.backend.lock();
+        st.check(self.id)?;
+        if st
+            .entries
+            .get(&node.key)
+            .is_some_and(|e| e.create_rev == node.token)
+        {
+            st.remove_entry(&node.key);
+        }
+        Ok(())
+    }
+
+    /// Cancel safety: the batch is applied entirely or not at all, once the call has
+    /// passed the injected delay.
+    async fn guarded(&self, guard: &Node, ops: &[Op]) -> Result<()> {
+        self.gate().await?;
+        let mut st = self.backend.lock();
+        st.check(self.id)?;
+        if st.entries.get(&guard.key).map(|e| e.create_rev) != Some(guard.token) {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        }
+        // Refuse the whole batch before applying any of it: all or nothing.
+        if let Some(other) = ops
+            .iter()
+            .find(|op| !matches!(op, Op::Put { .. } | Op::Delete { .. }))
+        {
+            return Err(Error::Backend {
+                backend: "memory",
+                message: format!("unsupported operation {other:?}"),
+                source: None,
+            });
+        }
+        for op in ops {
+            match op {
+                Op::Put { key, value } => {
+                    let rev = st.bump();
+                    st.entries
+                        .entry(key.clone())
+                        .and_modify(|e| e.value = value.clone())
+                        .or_insert_with(|| Entry {
+                            value: value.clone(),
+                            create_rev: rev,
+                            owner: None,
+                            kind: None,
+                        });
+                }
+                Op::Delete { key } => {
+                    st.remove_entry(key);
+                }
+                _ => {} // refused above
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancel safety: safe (read only).
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.gate().await?;
+        let st = self.backend.lock();
+        st.check(self.id)?;
+        Ok(st.entries.get(key).map(|e| e.value.clone()))
+    }
+
+    /// Cancel safety: safe once past the injected delay.
+    async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.gate().await?;
+        let mut st = self.backend.lock();
+        st.check(self.id)?;
+        if let Some(e) = st.entries.get(key) {
+            return Ok(Some(e.value.clone()));
+        }
+        let rev = st.bump();
+        st.entries.insert(
+            key.to_owned(),
+            Entry {
+                value: value.to_vec(),
+                create_rev: rev,
+                owner: None,
+                kind: None,
+            },
+        );
+        Ok(None)
+    }
+
+    /// Cancel safety: safe (nothing is awaited).
+    async fn close(&self) -> Result<()> {
+        self.keepalive.abort();
+        self.backend.lock().end_session(self.id);
+        Ok(())
+    }
+}
