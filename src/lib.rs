@@ -1,1 +1,51 @@
-//! tmp
+//! # queuelock — fair, fenced distributed locks on etcd, ZooKeeper or in-process
+//!
+//! queuelock gives Rust services coordination recipes that behave the same on every
+//! backend:
+//!
+//! * **Fair queue**: waiters are granted in arrival order (FIFO).
+//! * **No herd**: each waiter watches only the node just ahead of it; a release wakes one.
+//! * **Fencing tokens**: every grant carries a token larger than every earlier one, to
+//!   pass to the resource the lock protects.
+//! * **Lost-lock signal**: [`MutexGuard::lost`] resolves the moment the lock is no longer
+//!   safely held (session expiry, node deleted), to `select!` beside the work.
+//! * **Clean cancellation**: dropping or timing out an acquire leaves nothing behind.
+//! * **Backend swap by configuration**: `memory://` (default), `etcd://...`, `zk://...`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
+//! // QUEUELOCK_URL picks the store; unset, it is the in-process one.
+//! let client = queuelock::Client::from_env().await?;
+//! let lock = client.mutex("billing/invoice-run")?;
+//! let guard = lock.lock().await?;
+//! tokio::select! {
+//!     _ = async { /* the critical section, fenced with guard.fencing_token() */ } => {}
+//!     reason = guard.lost() => eprintln!("lock lost: {reason}; stopping"),
+//! }
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The architecture: recipes live in this crate, over the backend contract of
+//! [`queuelock_core`] ([`backend`]); the shared queue algorithm is in one place and every
+//! recipe uses it.
+#![forbid(unsafe_code)]
+
+mod client;
+pub mod connect;
+pub mod metadata;
+mod mutex;
+mod queue;
+
+pub use client::{Client, ClientOptions, LossPolicy};
+pub use mutex::{Mutex, MutexGuard};
+pub use queuelock_core::{Error, LockName, LossReason, NameError, Result, SessionId, SessionState};
+
+/// The backend contract, for implementing or driving a backend directly.
+pub mod backend {
+    pub use queuelock_core::*;
+}
+
+/// The in-process backend, with fault injection for tests.
+#[cfg(feature = "memory")]
+pub use queuelock_memory::MemoryBackend;

@@ -1,0 +1,46 @@
+//! Holder metadata stored in every queue node, so an operator can see who holds a lock
+//! and who waits.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Who created a queue node: stored as JSON in the node's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct HolderInfo {
+    /// Host name of the process.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// When the node was created (joined the queue), in milliseconds since the Unix epoch.
+    pub queued_at_ms: u64,
+    /// The client's optional label ([`crate::ClientOptions::label`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl HolderInfo {
+    /// Metadata for this process, now.
+    pub fn now(label: Option<&str>) -> Self {
+        HolderInfo {
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            queued_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            label: label.map(str::to_owned),
+        }
+    }
+
+    /// The JSON payload.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a payload; `None` for nodes written by other tools (empty or foreign data).
+    pub fn decode(payload: &[u8]) -> Option<Self> {
+        serde_json::from_slice(payload).ok()
+    }
+}

@@ -1,0 +1,298 @@
+//! [`Mutex`]: a fair (FIFO), fenced, re-entrant distributed mutex.
+
+use std::fmt;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use queuelock_core::{Error, LockName, LossReason, Node, NodeKind, Result, SessionId};
+
+use crate::client::Client;
+use crate::queue::{self, Lease, Mode, Request};
+
+/// A mutex waits on its immediate predecessor only: one release wakes one waiter.
+fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
+    me.checked_sub(1)
+}
+
+/// A fair distributed mutex.
+///
+/// Waiters are granted the lock in the order they asked for it; each waiter watches only
+/// the node just ahead of it, so a release wakes exactly one waiter. Every grant carries a
+/// **fencing token** larger than any earlier holder's ([`MutexGuard::fencing_token`]), and
+/// the holder learns when the lock is lost ([`MutexGuard::lost`]).
+///
+/// On etcd the layout is that of etcd's Go `concurrency.Mutex` (`etcdctl lock NAME`); on
+/// ZooKeeper that of Apache Curator's `InterProcessMutex` at path `NAME`: mixed fleets
+/// exclude each other.
+///
+/// **Re-entrancy**: locking again through the *same handle* while it holds the lock is
+/// counted, not queued (the node is deleted when the last guard goes). Two handles — even
+/// of one client — exclude each other. Give each task its own handle
+/// ([`Client::mutex`]) when tasks must exclude each other.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
+/// use std::time::Duration;
+/// let client = queuelock::Client::connect("memory://").await?;
+/// let m = client.mutex("inventory")?;
+/// // Cancel safe: a timed-out lock() leaves nothing behind in the store.
+/// let guard = tokio::time::timeout(Duration::from_secs(5), m.lock()).await.expect("timed out")?;
+/// let other = client.mutex("inventory")?;
+/// assert!(other.try_lock().await?.is_none()); // held by `m`
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub struct Mutex {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    name: LockName,
+    /// One acquire at a time per handle; a second waits and then re-enters.
+    acquiring: tokio::sync::Mutex<()>,
+    held: StdMutex<Option<Held>>,
+}
+
+struct Held {
+    lease: Arc<Lease>,
+    count: usize,
+}
+
+impl fmt::Debug for Mutex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex")
+            .field("name", &self.inner.name)
+            .field("holds", &self.inner.holds())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn holds(&self) -> usize {
+        self.slot().as_ref().map_or(0, |h| h.count)
+    }
+
+    /// Counts one more hold if this handle holds the lock.
+    fn reenter(self: &Arc<Self>) -> Result<Option<MutexGuard>> {
+        let mut slot = self.slot();
+        let Some(held) = slot.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(reason) = held.lease.loss() {
+            return Err(Error::LockLost(reason));
+        }
+        held.count += 1;
+        Ok(Some(MutexGuard {
+            mutex: self.clone(),
+            lease: held.lease.clone(),
+            done: false,
+        }))
+    }
+
+    fn install(self: &Arc<Self>, lease: Arc<Lease>) -> MutexGuard {
+        *self.slot() = Some(Held {
+            lease: lease.clone(),
+            count: 1,
+        });
+        MutexGuard {
+            mutex: self.clone(),
+            lease,
+            done: false,
+        }
+    }
+
+    /// Drops one hold; returns the lease when it was the last.
+    fn leave(&self) -> Option<Arc<Lease>> {
+        let mut slot = self.slot();
+        let held = slot.as_mut()?;
+        held.count -= 1;
+        if held.count == 0 {
+            slot.take().map(|h| h.lease)
+        } else {
+            None
+        }
+    }
+
+    fn request(&self, mode: Mode) -> Request<'_> {
+        Request {
+            queue: self.name.as_str(),
+            kind: NodeKind::Lock,
+            rule: predecessor,
+            mode,
+        }
+    }
+}
+
+impl Mutex {
+    pub(crate) fn new(client: Client, name: LockName) -> Self {
+        Mutex {
+            inner: Arc::new(Inner {
+                client,
+                name,
+                acquiring: tokio::sync::Mutex::new(()),
+                held: StdMutex::new(None),
+            }),
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        self.inner.name.as_str()
+    }
+
+    /// How many guards of this handle currently hold the lock (0 when not held).
+    pub fn hold_count(&self) -> usize {
+        self.inner.holds()
+    }
+
+    /// Waits in the queue until the lock is ours. Re-entrant through this handle.
+    ///
+    /// If the session is lost while waiting (nothing held yet), it joins the queue again
+    /// on a fresh session, at the back. Fails with [`Error::LockLost`] when this handle
+    /// already holds the lock but has lost it: release those guards first.
+    ///
+    /// Cancel safety: safe. Dropping the future (for example through
+    /// `tokio::time::timeout`) removes our place in the queue in the background; no node
+    /// is left behind and no lock is held.
+    pub async fn lock(&self) -> Result<MutexGuard> {
+        if let Some(g) = self.inner.reenter()? {
+            return Ok(g);
+        }
+        let _one = self.inner.acquiring.lock().await;
+        if let Some(g) = self.inner.reenter()? {
+            return Ok(g);
+        }
+        let lease = queue::acquire(&self.inner.client, self.inner.request(Mode::Wait)).await?;
+        match lease {
+            Some(lease) => Ok(self.inner.install(lease)),
+            None => Err(Error::Backend {
+                backend: "queue",
+                message: "waiting acquire returned without a grant".to_owned(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Like [`Mutex::lock`], but fails with [`Error::Timeout`] after `timeout`.
+    ///
+    /// Cancel safety: safe, as `lock`.
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
+        tokio::time::timeout(timeout, self.lock())
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+
+    /// Takes the lock if nobody is ahead of us, without waiting: `Ok(None)` when it is
+    /// held by someone else, having removed our node again (nothing is left behind).
+    /// Also `Ok(None)` while another `lock()` call on this same handle is still waiting.
+    ///
+    /// Cancel safety: safe; a dropped call's node is removed in the background.
+    pub async fn try_lock(&self) -> Result<Option<MutexGuard>> {
+        if let Some(g) = self.inner.reenter()? {
+            return Ok(Some(g));
+        }
+        let Ok(_one) = self.inner.acquiring.try_lock() else {
+            return Ok(None);
+        };
+        if let Some(g) = self.inner.reenter()? {
+            return Ok(Some(g));
+        }
+        let lease = queue::acquire(&self.inner.client, self.inner.request(Mode::Try)).await?;
+        Ok(lease.map(|l| self.inner.install(l)))
+    }
+}
+
+/// Proof of holding a [`Mutex`]. Dropping it releases (in the background) once the last
+/// re-entrant guard of the handle is gone; [`MutexGuard::release`] does it and reports.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct MutexGuard {
+    mutex: Arc<Inner>,
+    lease: Arc<Lease>,
+    done: bool,
+}
+
+impl fmt::Debug for MutexGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexGuard")
+            .field("name", &self.mutex.name)
+            .field("key", &self.lease.node().key)
+            .field("fencing_token", &self.lease.node().token)
+            .field("lost", &self.lease.loss())
+            .finish()
+    }
+}
+
+impl MutexGuard {
+    /// The fencing token of this grant: larger than that of every earlier holder of any
+    /// lock in the store. Pass it to the resource you protect and have it reject writes
+    /// carrying a token lower than the highest it has seen: a holder that lost the lock
+    /// without knowing (a long GC pause, a partition) cannot then overwrite a newer
+    /// holder's work.
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.node().token
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        self.mutex.name.as_str()
+    }
+
+    /// The key of our node in the store (for operators and debugging).
+    pub fn key(&self) -> &str {
+        &self.lease.node().key
+    }
+
+    /// The session that holds the lock.
+    pub fn session_id(&self) -> SessionId {
+        self.lease.session().id()
+    }
+
+    /// Why the lock is no longer safely held, if it is not: checked against the session's
+    /// state right now, without waiting.
+    pub fn is_lost(&self) -> Option<LossReason> {
+        self.lease.loss()
+    }
+
+    /// Resolves when the lock is lost: the session expired or was closed, (with
+    /// [`crate::LossPolicy::OnSuspension`]) the connection is suspended, or someone else
+    /// deleted our node. Never resolves while the lock is safely held. `select!` on it
+    /// beside the critical section to stop work the moment the lock goes.
+    ///
+    /// Cancel safety: safe; call it again at will.
+    pub async fn lost(&self) -> LossReason {
+        self.lease.lost().await
+    }
+
+    /// Releases this hold. When it is the handle's last, the node is deleted and the next
+    /// waiter is granted. Fails with [`Error::LockLost`] if the lock had already been lost
+    /// (work done under it may have overlapped another holder's); with a connection error
+    /// the deletion keeps being retried in the background until the session ends.
+    ///
+    /// Cancel safety: safe; once called, the release completes even if the future is
+    /// dropped.
+    pub async fn release(mut self) -> Result<()> {
+        self.done = true;
+        match self.mutex.leave() {
+            Some(lease) => lease.release().await,
+            None => match self.lease.loss() {
+                Some(r) => Err(Error::LockLost(r)),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(lease) = self.mutex.leave() {
+                lease.release_in_background();
+            }
+        }
+    }
+}

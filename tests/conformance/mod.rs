@@ -1,0 +1,434 @@
+//! The recipe conformance suite: written once over a [`Harness`], run against every
+//! backend by one `conformance_tests!(harness)` line in that backend's test file.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use queuelock::backend::testkit::Harness;
+use queuelock::{Client, ClientOptions, Error, LossReason, NameError};
+use tokio::time::{sleep, timeout, Instant};
+
+/// Generous bound for "this must eventually happen": a liveness failure, not a timing test.
+pub const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// A client with its own session on the store under test.
+pub async fn client(h: &dyn Harness) -> Client {
+    Client::new(
+        h.backend().await,
+        ClientOptions::default().with_ttl(h.ttl()),
+    )
+}
+
+/// The nodes in a lock's queue, seen from an independent client.
+pub async fn queue_len(observer: &Client, name: &str) -> usize {
+    let s = observer.session().await.expect("observer session");
+    s.list(name).await.expect("list").nodes.len()
+}
+
+/// Waits until the queue has exactly `n` nodes (background cleanups are asynchronous).
+pub async fn await_queue_len(observer: &Client, name: &str, n: usize) {
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let len = queue_len(observer, name).await;
+        if len == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue {name} has {len} nodes, expected {n}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// ≥ 8 clients × 8 tasks hammer one lock; an unsynchronised read-modify-write with a
+/// yield in the middle would lose updates without mutual exclusion.
+pub async fn mutual_exclusion(h: &dyn Harness) {
+    const CLIENTS: usize = 8;
+    const TASKS: usize = 8;
+    const ROUNDS: usize = 5;
+    let name = h.unique_name("mutex");
+    let counter = Arc::new(AtomicU64::new(0));
+    let inside = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..CLIENTS {
+        let c = client(h).await;
+        for _ in 0..TASKS {
+            let (c, name, counter, inside) =
+                (c.clone(), name.clone(), counter.clone(), inside.clone());
+            handles.push(tokio::spawn(async move {
+                let m = c.mutex(&name).expect("name");
+                for _ in 0..ROUNDS {
+                    let g = m.lock().await.expect("lock");
+                    assert_eq!(
+                        inside.fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "two holders at once"
+                    );
+                    let v = counter.load(Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    sleep(Duration::from_micros(200)).await;
+                    counter.store(v + 1, Ordering::SeqCst);
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    g.release().await.expect("release");
+                }
+            }));
+        }
+    }
+    for t in handles {
+        timeout(Duration::from_secs(240), t)
+            .await
+            .expect("hammer hung")
+            .expect("task panicked");
+    }
+    assert_eq!(
+        counter.load(Ordering::SeqCst),
+        (CLIENTS * TASKS * ROUNDS) as u64,
+        "lost updates"
+    );
+    await_queue_len(&client(h).await, &name, 0).await;
+}
+
+/// Staggered waiters are granted strictly in the order they queued.
+pub async fn fifo_order(h: &dyn Harness) {
+    let name = h.unique_name("fifo");
+    let observer = client(h).await;
+    let holder = client(h).await;
+    let first = holder
+        .mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let order = Arc::new(StdMutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..6usize {
+        let c = client(h).await;
+        let (n, order) = (name.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let g = c.mutex(&n).expect("name").lock().await.expect("lock");
+            order.lock().expect("order").push(i);
+            sleep(Duration::from_millis(5)).await;
+            g.release().await.expect("release");
+        }));
+        // Stagger: the next waiter starts only once this one is queued.
+        await_queue_len(&observer, &name, i + 2).await;
+    }
+    first.release().await.expect("release");
+    for w in waiters {
+        timeout(EVENTUALLY, w)
+            .await
+            .expect("waiter hung")
+            .expect("waiter panicked");
+    }
+    assert_eq!(*order.lock().expect("order"), (0..6).collect::<Vec<_>>());
+}
+
+/// try_lock on a held lock returns at once with `None` and leaves no node.
+pub async fn try_lock_leaves_nothing(h: &dyn Harness) {
+    let name = h.unique_name("try");
+    let observer = client(h).await;
+    let g = client(h)
+        .await
+        .mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let other = client(h).await;
+    let m = other.mutex(&name).expect("name");
+    for _ in 0..5 {
+        let r = timeout(EVENTUALLY, m.try_lock())
+            .await
+            .expect("try_lock waited");
+        assert!(r.expect("try_lock").is_none(), "try_lock took a held lock");
+        // No background cleanup to wait for: try_lock removed its node before returning.
+        assert_eq!(queue_len(&observer, &name).await, 1, "try_lock left a node");
+    }
+    g.release().await.expect("release");
+    let mine = m
+        .try_lock()
+        .await
+        .expect("try_lock")
+        .expect("free lock not taken");
+    mine.release().await.expect("release");
+    await_queue_len(&observer, &name, 0).await;
+}
+
+/// 100 acquires cancelled at assorted points (drop, timeout) leave zero nodes.
+pub async fn cancelled_acquires_leave_nothing(h: &dyn Harness) {
+    let name = h.unique_name("cancel");
+    let observer = client(h).await;
+    let holder = client(h)
+        .await
+        .mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let clients = [
+        client(h).await,
+        client(h).await,
+        client(h).await,
+        client(h).await,
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..100u64 {
+        let c = clients[i as usize % clients.len()].clone();
+        let name = name.clone();
+        let task = tokio::spawn(async move {
+            let m = c.mutex(&name).expect("name");
+            // Spread the cancellation points from "before the create" to "long queued".
+            let r = timeout(Duration::from_millis(i % 40), m.lock()).await;
+            assert!(r.is_err(), "acquired a held lock");
+        });
+        if i % 5 == 0 {
+            task.abort(); // dropped without ever being polled, or mid-way
+        }
+        tasks.push(task);
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    await_queue_len(&observer, &name, 1).await;
+    holder.release().await.expect("release");
+    await_queue_len(&observer, &name, 0).await;
+    // The lock is free for the next comer at once.
+    let g = timeout(EVENTUALLY, clients[0].mutex(&name).expect("name").lock())
+        .await
+        .expect("lock after cancellations")
+        .expect("lock");
+    g.release().await.expect("release");
+}
+
+/// lock_timeout fails with Error::Timeout on a held lock and leaves nothing behind.
+pub async fn lock_timeout(h: &dyn Harness) {
+    let name = h.unique_name("timeout");
+    let observer = client(h).await;
+    let g = client(h)
+        .await
+        .mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let m = client(h).await.mutex(&name).expect("name");
+    let err = m
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .expect_err("took a held lock");
+    assert!(
+        matches!(err, Error::Timeout(d) if d == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    await_queue_len(&observer, &name, 1).await;
+    g.release().await.expect("release");
+    m.lock_timeout(EVENTUALLY)
+        .await
+        .expect("free lock")
+        .release()
+        .await
+        .expect("release");
+}
+
+/// The holder's session expires: its `lost()` resolves within TTL + margin and the next
+/// waiter proceeds with a larger fencing token.
+pub async fn session_expiry_passes_lock_on(h: &dyn Harness) {
+    let name = h.unique_name("expiry");
+    let a = client(h).await;
+    let ga = a.mutex(&name).expect("name").lock().await.expect("lock");
+    let b = client(h).await;
+    let name_b = name.clone();
+    let waiter = tokio::spawn(async move { b.mutex(&name_b).expect("name").lock().await });
+    await_queue_len(&client(h).await, &name, 2).await;
+    assert!(ga.is_lost().is_none());
+    h.expire(ga.session_id()).await;
+    let reason = timeout(h.ttl() + EVENTUALLY, ga.lost())
+        .await
+        .expect("loss not reported");
+    assert_eq!(reason, LossReason::SessionLost);
+    let gb = timeout(EVENTUALLY, waiter)
+        .await
+        .expect("waiter hung")
+        .expect("join")
+        .expect("lock");
+    assert!(gb.fencing_token() > ga.fencing_token());
+    assert!(matches!(
+        ga.release().await,
+        Err(Error::LockLost(LossReason::SessionLost))
+    ));
+    gb.release().await.expect("release");
+    // The client opens a fresh session for new work.
+    a.mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock again")
+        .release()
+        .await
+        .expect("release");
+}
+
+/// Someone else deletes the holder's node: `lost()` resolves with NodeDeleted.
+pub async fn node_deleted_by_other(h: &dyn Harness) {
+    let name = h.unique_name("deleted");
+    let a = client(h).await;
+    let g = a.mutex(&name).expect("name").lock().await.expect("lock");
+    let other = client(h).await.session().await.expect("session");
+    let node = other.list(&name).await.expect("list").nodes.remove(0);
+    assert_eq!(node.key, g.key());
+    other.delete(&node).await.expect("delete");
+    let reason = timeout(EVENTUALLY, g.lost())
+        .await
+        .expect("loss not reported");
+    assert_eq!(reason, LossReason::NodeDeleted);
+    assert_eq!(g.is_lost(), Some(LossReason::NodeDeleted));
+    assert!(matches!(
+        g.release().await,
+        Err(Error::LockLost(LossReason::NodeDeleted))
+    ));
+}
+
+/// Fencing tokens strictly increase across successive holders (several clients).
+pub async fn fencing_tokens_increase(h: &dyn Harness) {
+    let name = h.unique_name("fencing");
+    let clients = [client(h).await, client(h).await, client(h).await];
+    let mut last = 0;
+    for i in 0..20 {
+        let g = clients[i % 3]
+            .mutex(&name)
+            .expect("name")
+            .lock()
+            .await
+            .expect("lock");
+        assert!(
+            g.fencing_token() > last,
+            "token {} after {}",
+            g.fencing_token(),
+            last
+        );
+        last = g.fencing_token();
+        g.release().await.expect("release");
+    }
+}
+
+/// Re-acquiring through the same handle is counted, not queued; other handles stay out
+/// until the last hold is released.
+pub async fn reentrancy(h: &dyn Harness) {
+    let name = h.unique_name("reentrant");
+    let c = client(h).await;
+    let m = c.mutex(&name).expect("name");
+    let g1 = m.lock().await.expect("lock");
+    let g2 = timeout(EVENTUALLY, m.lock())
+        .await
+        .expect("re-entry queued")
+        .expect("lock");
+    let g3 = m
+        .try_lock()
+        .await
+        .expect("try")
+        .expect("re-entry by try_lock");
+    assert_eq!(m.hold_count(), 3);
+    assert_eq!(g1.fencing_token(), g2.fencing_token());
+    let other = c.mutex(&name).expect("name"); // same client, other handle: excluded
+    assert!(other.try_lock().await.expect("try").is_none());
+    drop(g1);
+    g3.release().await.expect("release");
+    assert_eq!(m.hold_count(), 1);
+    assert!(
+        other.try_lock().await.expect("try").is_none(),
+        "freed while still held"
+    );
+    g2.release().await.expect("release");
+    assert_eq!(m.hold_count(), 0);
+    let g = timeout(EVENTUALLY, other.lock())
+        .await
+        .expect("not freed")
+        .expect("lock");
+    g.release().await.expect("release");
+}
+
+/// Dropping a guard releases the lock in the background.
+pub async fn drop_releases(h: &dyn Harness) {
+    let name = h.unique_name("drop");
+    let g = client(h)
+        .await
+        .mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let m = client(h).await.mutex(&name).expect("name");
+    drop(g);
+    timeout(EVENTUALLY, m.lock())
+        .await
+        .expect("drop did not release")
+        .expect("lock");
+}
+
+/// Every invalid-name class is refused with InvalidName before any network call.
+pub async fn invalid_names(h: &dyn Harness) {
+    let c = client(h).await;
+    let cases: Vec<(String, fn(&NameError) -> bool)> = vec![
+        (String::new(), |r| matches!(r, NameError::Empty)),
+        ("/abs".into(), |r| {
+            matches!(r, NameError::EmptySegment { .. })
+        }),
+        ("a//b".into(), |r| {
+            matches!(r, NameError::EmptySegment { .. })
+        }),
+        ("a/".into(), |r| matches!(r, NameError::EmptySegment { .. })),
+        ("a/../b".into(), |r| {
+            matches!(r, NameError::DotSegment { .. })
+        }),
+        ("..".into(), |r| matches!(r, NameError::DotSegment { .. })),
+        ("sp ace".into(), |r| {
+            matches!(r, NameError::BadChar { ch: ' ', .. })
+        }),
+        ("ünï".into(), |r| matches!(r, NameError::BadChar { .. })),
+        ("ctl\u{7}".into(), |r| {
+            matches!(r, NameError::BadChar { .. })
+        }),
+        ("x".repeat(257), |r| matches!(r, NameError::TooLong { .. })),
+        ("x".repeat(129), |r| {
+            matches!(r, NameError::SegmentTooLong { .. })
+        }),
+        ("zookeeper/x".into(), |r| matches!(r, NameError::Reserved)),
+    ];
+    for (name, ok) in cases {
+        match c.mutex(&name) {
+            Err(Error::InvalidName { name: n, reason }) => {
+                assert_eq!(n, name);
+                assert!(ok(&reason), "{name:?}: wrong reason {reason:?}");
+            }
+            other => panic!("{name:?} accepted: {other:?}"),
+        }
+    }
+    assert!(
+        c.session_id().is_none(),
+        "an invalid name touched the server"
+    );
+}
+
+/// Expands to one `#[tokio::test]` per conformance test, each with a fresh harness.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@each $harness;
+            mutual_exclusion, fifo_order, try_lock_leaves_nothing,
+            cancelled_acquires_leave_nothing, lock_timeout, session_expiry_passes_lock_on,
+            node_deleted_by_other, fencing_tokens_increase, reentrancy, drop_releases,
+            invalid_names
+        );
+    };
+    (@each $harness:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let harness = $harness;
+                conformance::$name(&harness).await;
+            }
+        )*
+    };
+}
