@@ -296,3 +296,23 @@ impl Drop for MutexGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every public future must be `Send`, or it cannot be spawned on a multi-threaded
+    /// runtime. Checked at compile time.
+    #[allow(dead_code, clippy::let_underscore_future)]
+    fn futures_are_send(m: &Mutex, g: MutexGuard, c: &Client) {
+        fn send<T: Send>(_: T) {}
+        send(m.lock());
+        send(m.try_lock());
+        send(m.lock_timeout(Duration::ZERO));
+        send(g.lost());
+        send(g.release());
+        send(c.session());
+        send(c.close());
+        send(Client::connect("memory://"));
+    }
+}

@@ -361,16 +361,18 @@ pub async fn drop_releases(h: &dyn Harness) {
         .expect("lock");
     let m = client(h).await.mutex(&name).expect("name");
     drop(g);
-    timeout(EVENTUALLY, m.lock())
+    let g = timeout(EVENTUALLY, m.lock())
         .await
         .expect("drop did not release")
         .expect("lock");
+    g.release().await.expect("release");
 }
 
 /// Every invalid-name class is refused with InvalidName before any network call.
 pub async fn invalid_names(h: &dyn Harness) {
     let c = client(h).await;
-    let cases: Vec<(String, fn(&NameError) -> bool)> = vec![
+    type Expect = fn(&NameError) -> bool;
+    let cases: Vec<(String, Expect)> = vec![
         (String::new(), |r| matches!(r, NameError::Empty)),
         ("/abs".into(), |r| {
             matches!(r, NameError::EmptySegment { .. })

@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn error_names_the_input_and_reason() {
-        let e = LockName::new("a/../b").unwrap_err().to_string();
+        let e = LockName::new("a/../b").expect_err("rejected").to_string();
         assert!(e.contains("\"a/../b\"") && e.contains("'..'"), "{e}");
     }
 }

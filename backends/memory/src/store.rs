@@ -31,7 +31,10 @@ struct State {
     entries: BTreeMap<String, Entry>,
     sessions: HashMap<u64, SessionRec>,
     /// Deletion watches by key; each fires once.
-    watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
+    watchers: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
+    /// Deletion notifications delivered to a live watcher of another session than the
+    /// node's owner, ever (a holder watching its own node does not count).
+    notifications: u64,
     delay: Duration,
 }
 
@@ -83,12 +86,14 @@ impl State {
     }
 
     fn remove_entry(&mut self, key: &str) -> bool {
-        if self.entries.remove(key).is_none() {
+        let Some(entry) = self.entries.remove(key) else {
             return false;
-        }
+        };
         self.bump();
-        for w in self.watchers.remove(key).unwrap_or_default() {
-            let _ = w.send(());
+        for (watcher, w) in self.watchers.remove(key).unwrap_or_default() {
+            if w.send(()).is_ok() && entry.owner != Some(watcher) {
+                self.notifications += 1;
+            }
         }
         true
     }
@@ -211,6 +216,13 @@ impl MemoryBackend {
             .filter(|k| k.as_str() == prefix || k.starts_with(&dir))
             .cloned()
             .collect()
+    }
+
+    /// How many deletion notifications have been delivered to watchers in sessions other
+    /// than the deleted node's owner since the store was created: lets a test count how
+    /// many waiters one release woke.
+    pub fn notifications(&self) -> u64 {
+        self.lock().notifications
     }
 
     /// Number of open sessions.
@@ -447,8 +459,8 @@ impl Session for MemorySession {
             }
             let (tx, rx) = oneshot::channel();
             let list = st.watchers.entry(key.to_owned()).or_default();
-            list.retain(|w| !w.is_closed());
-            list.push(tx);
+            list.retain(|(_, w)| !w.is_closed());
+            list.push((self.id, tx));
             rx
         };
         let mut state = self.state.clone();
