@@ -106,3 +106,87 @@ fn memory_backend(_url: &Url) -> Result<Arc<dyn Backend>> {
         feature: "memory",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config_err(url: &str) -> String {
+        match Url::parse(url)
+            .map_err(|e| e.to_string())
+            .and_then(|u| client_options(&u).map_err(|e| e.to_string()))
+        {
+            Err(e) => e,
+            Ok(o) => panic!("{url} accepted: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn options_from_query() {
+        let u = Url::parse("memory://?ttl=2s&loss_policy=suspension&label=worker-1").expect("url");
+        let o = client_options(&u).expect("options");
+        assert_eq!(o.ttl, Duration::from_secs(2));
+        assert_eq!(o.loss_policy, LossPolicy::OnSuspension);
+        assert_eq!(o.label.as_deref(), Some("worker-1"));
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        assert!(config_err("memory://?tll=2s").contains("\"tll\""));
+        assert!(config_err("memory://?ttl=soon").contains("ttl=\"soon\""));
+        assert!(config_err("memory://?ttl=1ms").contains("below 100ms"));
+        assert!(config_err("memory://?loss_policy=never").contains("loss_policy"));
+    }
+
+    #[tokio::test]
+    async fn schemes() {
+        let e = connect("redis://x").await.expect_err("unknown scheme");
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("\"redis\"")),
+            "{e}"
+        );
+        let e = connect("not a url").await.expect_err("garbage");
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("cannot parse")),
+            "{e}"
+        );
+        let e = connect("memory:///path").await.expect_err("path");
+        assert!(
+            matches!(&e, Error::Config(m) if m.contains("no path")),
+            "{e}"
+        );
+        // Named in-process stores are shared by name, and distinct from the default.
+        let a = connect("memory://shared-a").await.expect("connect");
+        let b = connect("memory://shared-a").await.expect("connect");
+        let other = connect("memory://").await.expect("connect");
+        let g = a.mutex("x").expect("name").lock().await.expect("lock");
+        assert!(b
+            .mutex("x")
+            .expect("name")
+            .try_lock()
+            .await
+            .expect("try")
+            .is_none());
+        let g2 = other
+            .mutex("x")
+            .expect("name")
+            .try_lock()
+            .await
+            .expect("try");
+        assert!(
+            g2.is_some(),
+            "memory:// shares state with memory://shared-a"
+        );
+        g.release().await.expect("release");
+    }
+
+    #[tokio::test]
+    async fn from_env_defaults_to_memory() {
+        // The only test in this binary that reads QUEUELOCK_URL; it does not set it.
+        if std::env::var_os("QUEUELOCK_URL").is_none() {
+            let c = Client::from_env().await.expect("from_env");
+            assert_eq!(c.backend().name(), "memory");
+        }
+    }
+}

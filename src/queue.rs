@@ -50,6 +50,7 @@ pub(crate) struct Request<'a> {
 ///
 /// Cancel safety: safe. Dropped at any point, the node it created (or may have created)
 /// is removed in the background.
+#[tracing::instrument(level = "debug", skip_all, fields(lock = req.queue, kind = ?req.kind, mode = ?req.mode))]
 pub(crate) async fn acquire(client: &Client, req: Request<'_>) -> Result<Option<Arc<Lease>>> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(20);

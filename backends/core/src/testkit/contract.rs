@@ -2,7 +2,7 @@
 //! a live store through a [`Harness`]. A backend crate runs them all with
 //! [`crate::contract_tests!`]:
 //!
-//! ```ignore
+//! ```text
 //! queuelock_core::contract_tests!(MyHarness::start().await);
 //! ```
 
