@@ -137,13 +137,7 @@ impl Client {
     ///
     /// Cancel safety: safe.
     pub async fn from_env() -> Result<Self> {
-        match std::env::var("QUEUELOCK_URL") {
-            Ok(url) if !url.trim().is_empty() => Self::connect(url.trim()).await,
-            Ok(_) | Err(std::env::VarError::NotPresent) => Self::connect("memory://").await,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                Err(Error::Config("QUEUELOCK_URL is not valid UTF-8".to_owned()))
-            }
-        }
+        Self::connect(&url_from_env(std::env::var("QUEUELOCK_URL"))?).await
     }
 
     /// The backend this client talks to.
@@ -214,5 +208,37 @@ impl Client {
             Some(s) => s.close().await,
             None => Ok(()),
         }
+    }
+}
+
+/// The URL `from_env` connects to, given the value of `QUEUELOCK_URL`.
+pub(crate) fn url_from_env(var: std::result::Result<String, std::env::VarError>) -> Result<String> {
+    match var {
+        Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_owned()),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok("memory://".to_owned()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Config("QUEUELOCK_URL is not valid UTF-8".to_owned()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::env::VarError;
+
+    #[test]
+    fn env_defaults_to_memory() {
+        assert_eq!(
+            url_from_env(Err(VarError::NotPresent)).expect("url"),
+            "memory://"
+        );
+        assert_eq!(url_from_env(Ok("  ".into())).expect("url"), "memory://");
+        assert_eq!(
+            url_from_env(Ok(" memory://x ".into())).expect("url"),
+            "memory://x"
+        );
+        let bad = url_from_env(Err(VarError::NotUnicode("x".into())));
+        assert!(matches!(bad, Err(Error::Config(m)) if m.contains("QUEUELOCK_URL")));
     }
 }

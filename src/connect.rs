@@ -180,13 +180,4 @@ mod tests {
         );
         g.release().await.expect("release");
     }
-
-    #[tokio::test]
-    async fn from_env_defaults_to_memory() {
-        // The only test in this binary that reads QUEUELOCK_URL; it does not set it.
-        if std::env::var_os("QUEUELOCK_URL").is_none() {
-            let c = Client::from_env().await.expect("from_env");
-            assert_eq!(c.backend().name(), "memory");
-        }
-    }
 }
