@@ -190,6 +190,17 @@ impl Client {
         Ok(Mutex::new(self.clone(), LockName::new(name)?))
     }
 
+    /// A fair read-write lock named `name` (validated like [`Client::mutex`]).
+    pub fn rwlock(&self, name: &str) -> Result<crate::RwLock> {
+        Ok(crate::RwLock::new(self.clone(), LockName::new(name)?))
+    }
+
+    /// A semaphore named `name` with `permits` permits (validated like
+    /// [`Client::mutex`]; at least 1 permit).
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<crate::Semaphore> {
+        crate::Semaphore::new(self.clone(), LockName::new(name)?, permits)
+    }
+
     /// Closes the session: every lock held through this client is released at once (and
     /// reported lost to guards still alive). Later calls fail with [`Error::Closed`].
     ///

@@ -33,13 +33,19 @@
 
 mod client;
 pub mod connect;
+mod guard;
 pub mod metadata;
 mod mutex;
 mod queue;
+mod rwlock;
+mod semaphore;
 
 pub use client::{Client, ClientOptions, LossPolicy};
+pub use guard::Guard;
 pub use mutex::{Mutex, MutexGuard};
 pub use queuelock_core::{Error, LockName, LossReason, NameError, Result, SessionId, SessionState};
+pub use rwlock::RwLock;
+pub use semaphore::Semaphore;
 
 /// The backend contract, for implementing or driving a backend directly.
 pub mod backend {

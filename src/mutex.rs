@@ -4,9 +4,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, LossReason, Node, NodeKind, Result, SessionId};
+use queuelock_core::{Error, LockName, Node, NodeKind, Result};
 
 use crate::client::Client;
+use crate::guard::{Guard, Hold};
 use crate::queue::{self, Lease, Mode, Request};
 
 /// A mutex waits on its immediate predecessor only: one release wakes one waiter.
@@ -46,9 +47,10 @@ pub struct Mutex {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     client: Client,
     name: LockName,
+    label: Arc<str>,
     /// One acquire at a time per handle; a second waits and then re-enters.
     acquiring: tokio::sync::Mutex<()>,
     held: StdMutex<Option<Held>>,
@@ -87,11 +89,7 @@ impl Inner {
             return Err(Error::LockLost(reason));
         }
         held.count += 1;
-        Ok(Some(MutexGuard {
-            mutex: self.clone(),
-            lease: held.lease.clone(),
-            done: false,
-        }))
+        Ok(Some(self.guard(held.lease.clone())))
     }
 
     fn install(self: &Arc<Self>, lease: Arc<Lease>) -> MutexGuard {
@@ -99,15 +97,15 @@ impl Inner {
             lease: lease.clone(),
             count: 1,
         });
-        MutexGuard {
-            mutex: self.clone(),
-            lease,
-            done: false,
-        }
+        self.guard(lease)
+    }
+
+    fn guard(self: &Arc<Self>, lease: Arc<Lease>) -> MutexGuard {
+        Guard::new(self.label.clone(), lease, Hold::Counted(self.clone()))
     }
 
     /// Drops one hold; returns the lease when it was the last.
-    fn leave(&self) -> Option<Arc<Lease>> {
+    pub(crate) fn leave(&self) -> Option<Arc<Lease>> {
         let mut slot = self.slot();
         let held = slot.as_mut()?;
         held.count -= 1;
@@ -132,6 +130,7 @@ impl Mutex {
     pub(crate) fn new(client: Client, name: LockName) -> Self {
         Mutex {
             inner: Arc::new(Inner {
+                label: Arc::from(name.as_str()),
                 client,
                 name,
                 acquiring: tokio::sync::Mutex::new(()),
@@ -207,95 +206,8 @@ impl Mutex {
     }
 }
 
-/// Proof of holding a [`Mutex`]. Dropping it releases (in the background) once the last
-/// re-entrant guard of the handle is gone; [`MutexGuard::release`] does it and reports.
-#[must_use = "the lock is released when the guard is dropped"]
-pub struct MutexGuard {
-    mutex: Arc<Inner>,
-    lease: Arc<Lease>,
-    done: bool,
-}
-
-impl fmt::Debug for MutexGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MutexGuard")
-            .field("name", &self.mutex.name)
-            .field("key", &self.lease.node().key)
-            .field("fencing_token", &self.lease.node().token)
-            .field("lost", &self.lease.loss())
-            .finish()
-    }
-}
-
-impl MutexGuard {
-    /// The fencing token of this grant: larger than that of every earlier holder of any
-    /// lock in the store. Pass it to the resource you protect and have it reject writes
-    /// carrying a token lower than the highest it has seen: a holder that lost the lock
-    /// without knowing (a long GC pause, a partition) cannot then overwrite a newer
-    /// holder's work.
-    pub fn fencing_token(&self) -> u64 {
-        self.lease.node().token
-    }
-
-    /// The lock's name.
-    pub fn name(&self) -> &str {
-        self.mutex.name.as_str()
-    }
-
-    /// The key of our node in the store (for operators and debugging).
-    pub fn key(&self) -> &str {
-        &self.lease.node().key
-    }
-
-    /// The session that holds the lock.
-    pub fn session_id(&self) -> SessionId {
-        self.lease.session().id()
-    }
-
-    /// Why the lock is no longer safely held, if it is not: checked against the session's
-    /// state right now, without waiting.
-    pub fn is_lost(&self) -> Option<LossReason> {
-        self.lease.loss()
-    }
-
-    /// Resolves when the lock is lost: the session expired or was closed, (with
-    /// [`crate::LossPolicy::OnSuspension`]) the connection is suspended, or someone else
-    /// deleted our node. Never resolves while the lock is safely held. `select!` on it
-    /// beside the critical section to stop work the moment the lock goes.
-    ///
-    /// Cancel safety: safe; call it again at will.
-    pub async fn lost(&self) -> LossReason {
-        self.lease.lost().await
-    }
-
-    /// Releases this hold. When it is the handle's last, the node is deleted and the next
-    /// waiter is granted. Fails with [`Error::LockLost`] if the lock had already been lost
-    /// (work done under it may have overlapped another holder's); with a connection error
-    /// the deletion keeps being retried in the background until the session ends.
-    ///
-    /// Cancel safety: safe; once called, the release completes even if the future is
-    /// dropped.
-    pub async fn release(mut self) -> Result<()> {
-        self.done = true;
-        match self.mutex.leave() {
-            Some(lease) => lease.release().await,
-            None => match self.lease.loss() {
-                Some(r) => Err(Error::LockLost(r)),
-                None => Ok(()),
-            },
-        }
-    }
-}
-
-impl Drop for MutexGuard {
-    fn drop(&mut self) {
-        if !self.done {
-            if let Some(lease) = self.mutex.leave() {
-                lease.release_in_background();
-            }
-        }
-    }
-}
+/// The guard of a [`Mutex`]: the shared [`Guard`] type.
+pub type MutexGuard = Guard;
 
 #[cfg(test)]
 mod tests {

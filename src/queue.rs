@@ -114,6 +114,55 @@ async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>
     }
 }
 
+/// Creates a node in `queue` and holds it at once, without waiting for anything: for
+/// recipes whose admission was decided elsewhere (the semaphore's head waiter).
+///
+/// Cancel safety: safe; a dropped call's node is removed in the background.
+pub(crate) async fn enter(
+    client: &Client,
+    session: Arc<dyn Session>,
+    queue: &str,
+    kind: NodeKind,
+) -> Result<Arc<Lease>> {
+    let payload = crate::metadata::HolderInfo::now(client.options().label.as_deref()).encode();
+    let mut pending = Pending::new(session.clone(), NodeSpec::new(queue, kind, payload));
+    let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
+    pending.disarm();
+    Ok(Lease::grant(
+        session,
+        created.node,
+        created.listing.revision,
+        client.options().loss_policy,
+    ))
+}
+
+/// Waits until any of `keys` is gone. Errors if `guard` is lost meanwhile. Returns `Ok`
+/// after a broken watch too: the caller reads again either way.
+///
+/// Cancel safety: safe.
+pub(crate) async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
+    let session = guard.session().clone();
+    let watches: Vec<_> = keys
+        .iter()
+        .map(|k| {
+            let s = session.clone();
+            let k = k.clone();
+            Box::pin(async move { s.deleted(&k, since).await })
+        })
+        .collect();
+    if watches.is_empty() {
+        return Ok(());
+    }
+    let r = tokio::select! {
+        (r, _, _) = futures::future::select_all(watches) => r,
+        reason = guard.lost() => return Err(Error::LockLost(reason)),
+    };
+    match r {
+        Err(e) if e.is_retryable() => settle(&*session, Duration::from_millis(50)).await,
+        other => other,
+    }
+}
+
 /// Waits until `blocker` is gone. Errors if our own node goes or the session is lost.
 /// Returns `Ok` after a broken watch too: the caller lists again either way.
 async fn wait_turn(session: &dyn Session, blocker: &str, me: &str, since: u64) -> Result<()> {

@@ -421,7 +421,8 @@ macro_rules! conformance_tests {
             mutual_exclusion, fifo_order, try_lock_leaves_nothing,
             cancelled_acquires_leave_nothing, lock_timeout, session_expiry_passes_lock_on,
             node_deleted_by_other, fencing_tokens_increase, reentrancy, drop_releases,
-            invalid_names
+            invalid_names, rwlock_shared_reads_exclusive_writes, rwlock_writer_not_starved,
+            semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -433,4 +434,222 @@ macro_rules! conformance_tests {
             }
         )*
     };
+}
+
+/// Readers share, writers are exclusive: a checker records who is inside and fails on
+/// any overlap of a writer with anyone; it also insists readers did overlap.
+pub async fn rwlock_shared_reads_exclusive_writes(h: &dyn Harness) {
+    let name = h.unique_name("rw");
+    let readers = Arc::new(AtomicUsize::new(0));
+    let writers = Arc::new(AtomicUsize::new(0));
+    let max_readers = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..8usize {
+        let c = client(h).await;
+        let (name, readers, writers, max_readers) = (
+            name.clone(),
+            readers.clone(),
+            writers.clone(),
+            max_readers.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let l = c.rwlock(&name).expect("name");
+            for round in 0..6usize {
+                if (i + round) % 4 == 0 {
+                    let g = l.write().await.expect("write");
+                    assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                    assert_eq!(readers.load(Ordering::SeqCst), 0, "writer with readers");
+                    sleep(Duration::from_millis(2)).await;
+                    assert_eq!(
+                        readers.load(Ordering::SeqCst),
+                        0,
+                        "reader entered under writer"
+                    );
+                    writers.fetch_sub(1, Ordering::SeqCst);
+                    g.release().await.expect("release");
+                } else {
+                    let g = l.read().await.expect("read");
+                    let now = readers.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_readers.fetch_max(now, Ordering::SeqCst);
+                    assert_eq!(writers.load(Ordering::SeqCst), 0, "reader with a writer");
+                    sleep(Duration::from_millis(20)).await;
+                    readers.fetch_sub(1, Ordering::SeqCst);
+                    g.release().await.expect("release");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        timeout(Duration::from_secs(240), t)
+            .await
+            .expect("hung")
+            .expect("panicked");
+    }
+    assert!(
+        max_readers.load(Ordering::SeqCst) >= 2,
+        "readers never shared the lock"
+    );
+}
+
+/// A queued writer is not overtaken by readers arriving after it.
+pub async fn rwlock_writer_not_starved(h: &dyn Harness) {
+    let name = h.unique_name("starve");
+    let observer = client(h).await;
+    let r1 = client(h)
+        .await
+        .rwlock(&name)
+        .expect("name")
+        .read()
+        .await
+        .expect("read");
+    let wc = client(h).await;
+    let n = name.clone();
+    let writer = tokio::spawn(async move {
+        let g = wc.rwlock(&n).expect("name").write().await.expect("write");
+        let t = g.fencing_token();
+        g.release().await.expect("release");
+        t
+    });
+    await_queue_len(&observer, &name, 2).await;
+    let late = client(h).await.rwlock(&name).expect("name");
+    assert!(
+        late.try_read().await.expect("try").is_none(),
+        "reader overtook a queued writer"
+    );
+    let rc = client(h).await;
+    let n = name.clone();
+    let reader = tokio::spawn(async move {
+        let g = rc.rwlock(&n).expect("name").read().await.expect("read");
+        let t = g.fencing_token();
+        g.release().await.expect("release");
+        t
+    });
+    await_queue_len(&observer, &name, 3).await;
+    r1.release().await.expect("release");
+    let wt = timeout(EVENTUALLY, writer)
+        .await
+        .expect("writer starved")
+        .expect("join");
+    let rt = timeout(EVENTUALLY, reader)
+        .await
+        .expect("reader hung")
+        .expect("join");
+    assert!(wt < rt, "the later reader was granted before the writer");
+}
+
+/// Never more than N holders of a semaphore among ≥ 32 contenders, and all N permits get
+/// used.
+pub async fn semaphore_bound(h: &dyn Harness) {
+    const PERMITS: usize = 3;
+    let name = h.unique_name("sem");
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let c = client(h).await;
+        let (name, inside, most) = (name.clone(), inside.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = c.semaphore(&name, PERMITS as u32).expect("name");
+            for _ in 0..2 {
+                let g = s.acquire().await.expect("acquire");
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                assert!(now <= PERMITS, "{now} holders of {PERMITS} permits");
+                most.fetch_max(now, Ordering::SeqCst);
+                sleep(Duration::from_millis(15)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                g.release().await.expect("release");
+            }
+            c.close().await.expect("close");
+        }));
+    }
+    for t in tasks {
+        timeout(Duration::from_secs(240), t)
+            .await
+            .expect("hung")
+            .expect("panicked");
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        PERMITS,
+        "permits were never all in use"
+    );
+}
+
+/// Semaphore admission is FIFO, and a holder whose session dies frees its permit.
+pub async fn semaphore_fifo_and_holder_death(h: &dyn Harness) {
+    let name = h.unique_name("semfifo");
+    let a = client(h)
+        .await
+        .semaphore(&name, 2)
+        .expect("name")
+        .acquire()
+        .await
+        .expect("a");
+    let dying = client(h).await;
+    let b = dying
+        .semaphore(&name, 2)
+        .expect("name")
+        .acquire()
+        .await
+        .expect("b");
+    let order = Arc::new(StdMutex::new(Vec::new()));
+    let observer = client(h).await;
+    let waiters_queue = format!("{name}/waiters");
+    let mut tasks = Vec::new();
+    for i in 0..4usize {
+        let c = client(h).await;
+        let (n, order) = (name.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = c
+                .semaphore(&n, 2)
+                .expect("name")
+                .acquire()
+                .await
+                .expect("acquire");
+            order.lock().expect("order").push(i);
+            sleep(Duration::from_millis(10)).await;
+            g.release().await.expect("release");
+        }));
+        await_queue_len(&observer, &waiters_queue, i + 1).await;
+    }
+    // The holder's process "dies": its session expires and its permit frees.
+    h.expire(b.session_id()).await;
+    timeout(h.ttl() + EVENTUALLY, b.lost())
+        .await
+        .expect("loss not reported");
+    sleep(Duration::from_millis(50)).await;
+    a.release().await.expect("release");
+    for t in tasks {
+        timeout(EVENTUALLY, t)
+            .await
+            .expect("waiter hung")
+            .expect("panicked");
+    }
+    assert_eq!(*order.lock().expect("order"), vec![0, 1, 2, 3]);
+    await_queue_len(&observer, &waiters_queue, 0).await;
+    await_queue_len(&observer, &format!("{name}/holders"), 0).await;
+}
+
+/// A caller that disagrees with the stored permit count gets a clear Conflict.
+pub async fn semaphore_permit_mismatch(h: &dyn Harness) {
+    let name = h.unique_name("semcount");
+    let c = client(h).await;
+    let g = c
+        .semaphore(&name, 2)
+        .expect("name")
+        .acquire()
+        .await
+        .expect("acquire");
+    let err = c
+        .semaphore(&name, 5)
+        .expect("name")
+        .acquire()
+        .await
+        .expect_err("mismatch");
+    assert!(
+        matches!(&err, Error::Conflict { message, .. } if message.contains("2 permits") && message.contains("asks for 5")),
+        "{err}"
+    );
+    assert!(matches!(c.semaphore(&name, 0), Err(Error::Config(_))));
+    g.release().await.expect("release");
 }

@@ -1,0 +1,129 @@
+//! [`Guard`]: proof of holding a lock, a read or write lock, or a semaphore permit — one
+//! type for every recipe.
+
+use std::fmt;
+use std::sync::Arc;
+
+use queuelock_core::{Error, LossReason, Result, SessionId};
+
+use crate::queue::Lease;
+
+/// Who decides when the node goes: the guard itself, or a re-entrant handle's count.
+pub(crate) enum Hold {
+    /// The guard owns the node: releasing it deletes the node.
+    Single,
+    /// A re-entrant mutex handle counts its holds; the node goes with the last.
+    Counted(Arc<crate::mutex::Inner>),
+}
+
+/// Proof of holding a lock (or a read/write side, or a semaphore permit).
+///
+/// Dropping it releases in the background; [`Guard::release`] releases and reports.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct Guard {
+    name: Arc<str>,
+    lease: Arc<Lease>,
+    hold: Hold,
+    done: bool,
+}
+
+impl fmt::Debug for Guard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guard")
+            .field("name", &self.name)
+            .field("key", &self.lease.node().key)
+            .field("fencing_token", &self.lease.node().token)
+            .field("lost", &self.lease.loss())
+            .finish()
+    }
+}
+
+impl Guard {
+    pub(crate) fn new(name: Arc<str>, lease: Arc<Lease>, hold: Hold) -> Self {
+        Guard {
+            name,
+            lease,
+            hold,
+            done: false,
+        }
+    }
+
+    /// The fencing token of this grant: larger than that of every earlier grant of any
+    /// lock in the store. Pass it to the resource you protect and have it reject writes
+    /// carrying a token lower than the highest it has seen: a holder that lost the lock
+    /// without knowing (a long GC pause, a partition) cannot then overwrite a newer
+    /// holder's work.
+    pub fn fencing_token(&self) -> u64 {
+        self.lease.node().token
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key of our node in the store (for operators and debugging).
+    pub fn key(&self) -> &str {
+        &self.lease.node().key
+    }
+
+    /// The session that holds the lock.
+    pub fn session_id(&self) -> SessionId {
+        self.lease.session().id()
+    }
+
+    /// Why the lock is no longer safely held, if it is not: checked against the session's
+    /// state right now, without waiting.
+    pub fn is_lost(&self) -> Option<LossReason> {
+        self.lease.loss()
+    }
+
+    /// Resolves when the lock is lost: the session expired or was closed, (with
+    /// [`crate::LossPolicy::OnSuspension`]) the connection is suspended, or someone else
+    /// deleted our node. Never resolves while the lock is safely held. `select!` on it
+    /// beside the critical section to stop work the moment the lock goes.
+    ///
+    /// Cancel safety: safe; call it again at will.
+    pub async fn lost(&self) -> LossReason {
+        self.lease.lost().await
+    }
+
+    /// Releases this hold and, unless a re-entrant handle still holds the lock, deletes
+    /// the node so the next waiter is granted. Fails with [`Error::LockLost`] if the lock
+    /// had already been lost (work done under it may have overlapped another holder's);
+    /// with a connection error the deletion keeps being retried in the background until
+    /// the session ends.
+    ///
+    /// Cancel safety: safe; once called, the release completes even if the future is
+    /// dropped.
+    pub async fn release(mut self) -> Result<()> {
+        self.done = true;
+        let last = match &self.hold {
+            Hold::Single => Some(self.lease.clone()),
+            Hold::Counted(m) => m.leave(),
+        };
+        match last {
+            Some(lease) => lease.release().await,
+            None => match self.lease.loss() {
+                Some(r) => Err(Error::LockLost(r)),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        match &self.hold {
+            Hold::Single => self.lease.release_in_background(),
+            Hold::Counted(m) => {
+                if let Some(lease) = m.leave() {
+                    lease.release_in_background();
+                }
+            }
+        }
+    }
+}

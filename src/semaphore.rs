@@ -1,0 +1,189 @@
+//! [`Semaphore`]: at most N holders, admitted in FIFO order.
+//!
+//! Layout under the semaphore's name: `waiters/` is a FIFO queue run by the shared queue
+//! algorithm (each waiter watches its predecessor); `holders/` holds one node per permit
+//! in use; `meta/permits` stores N. Only the head of `waiters/` may enter: it watches the
+//! holders while all N permits are taken, and enters (creates its holder node, then
+//! deletes its waiter node) as soon as fewer than N are. So a release wakes one waiter
+//! (the head), and an admission wakes one (the next head): O(1) per release, and live,
+//! because whichever holder goes, the head hears it. A holder that dies frees its permit
+//! with its session.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use queuelock_core::{Error, LockName, Node, NodeKind, Result};
+
+use crate::client::Client;
+use crate::guard::{Guard, Hold};
+use crate::queue::{self, Mode, Request};
+
+fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
+    me.checked_sub(1)
+}
+
+/// A distributed counting semaphore with N permits and FIFO admission.
+///
+/// The permit count is stored with the semaphore: every user must agree on it, and a
+/// caller asking for another count gets [`Error::Conflict`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
+/// let client = queuelock::Client::connect("memory://").await?;
+/// let pool = client.semaphore("gpu-slots", 2)?;
+/// let a = pool.acquire().await?;
+/// let b = client.semaphore("gpu-slots", 2)?.acquire().await?;
+/// assert!(client.semaphore("gpu-slots", 2)?.try_acquire().await?.is_none()); // both taken
+/// a.release().await?;
+/// b.release().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Semaphore {
+    client: Client,
+    name: LockName,
+    permits: u32,
+    label: Arc<str>,
+    waiters: String,
+    holders: String,
+    count_key: String,
+}
+
+impl fmt::Debug for Semaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Semaphore")
+            .field("name", &self.name)
+            .field("permits", &self.permits)
+            .finish()
+    }
+}
+
+impl Semaphore {
+    pub(crate) fn new(client: Client, name: LockName, permits: u32) -> Result<Self> {
+        if permits == 0 {
+            return Err(Error::Config(format!(
+                "semaphore {name} needs at least 1 permit"
+            )));
+        }
+        let n = name.as_str();
+        Ok(Semaphore {
+            waiters: format!("{n}/waiters"),
+            holders: format!("{n}/holders"),
+            count_key: format!("{n}/meta/permits"),
+            label: Arc::from(n),
+            client,
+            name,
+            permits,
+        })
+    }
+
+    /// The semaphore's name.
+    pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The number of permits.
+    pub fn permits(&self) -> u32 {
+        self.permits
+    }
+
+    /// Stores the permit count, or checks ours against the stored one.
+    async fn check_permits(&self) -> Result<()> {
+        let session = self.client.session().await?;
+        let ours = self.permits.to_string();
+        let stored = queue::retry(&*session, || {
+            session.put_if_absent(&self.count_key, ours.as_bytes())
+        })
+        .await?;
+        match stored {
+            Some(v) if v != ours.as_bytes() => Err(Error::Conflict {
+                key: self.count_key.clone(),
+                message: format!(
+                    "semaphore {} is stored with {} permits, this handle asks for {}",
+                    self.name,
+                    String::from_utf8_lossy(&v),
+                    self.permits
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn take(&self, mode: Mode) -> Result<Option<Guard>> {
+        self.check_permits().await?;
+        loop {
+            match self.attempt(mode).await {
+                // Lost our turn before entering (nothing held): queue again.
+                Err(Error::SessionExpired(_) | Error::LockLost(_)) if mode == Mode::Wait => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn attempt(&self, mode: Mode) -> Result<Option<Guard>> {
+        let req = Request {
+            queue: &self.waiters,
+            kind: NodeKind::Permit,
+            rule: predecessor,
+            mode,
+        };
+        // Head of the waiting line: ours to enter as soon as a permit is free.
+        let Some(turn) = queue::acquire(&self.client, req).await? else {
+            return Ok(None);
+        };
+        let session = turn.session().clone();
+        loop {
+            let holders = queue::retry(&*session, || session.list(&self.holders)).await?;
+            if holders.nodes.len() < self.permits as usize {
+                let held = queue::enter(
+                    &self.client,
+                    session.clone(),
+                    &self.holders,
+                    NodeKind::Permit,
+                )
+                .await?;
+                // Our holder node exists before our waiter node goes, so the next head
+                // counts us.
+                turn.release().await?;
+                return Ok(Some(Guard::new(self.label.clone(), held, Hold::Single)));
+            }
+            if mode == Mode::Try {
+                turn.release().await?;
+                return Ok(None);
+            }
+            let keys: Vec<String> = holders.nodes.into_iter().map(|n| n.key).collect();
+            queue::any_deleted(&turn, &keys, holders.revision).await?;
+        }
+    }
+
+    /// Waits for a permit, in FIFO order.
+    ///
+    /// Cancel safety: safe; a dropped call leaves nothing behind.
+    pub async fn acquire(&self) -> Result<Guard> {
+        self.take(Mode::Wait).await?.ok_or_else(|| Error::Backend {
+            backend: "queue",
+            message: "waiting acquire returned without a grant".to_owned(),
+            source: None,
+        })
+    }
+
+    /// A permit if one is free and nobody waits, without waiting (`None` otherwise,
+    /// leaving nothing behind).
+    ///
+    /// Cancel safety: safe.
+    pub async fn try_acquire(&self) -> Result<Option<Guard>> {
+        self.take(Mode::Try).await
+    }
+
+    /// [`Semaphore::acquire`] that fails with [`Error::Timeout`] after `timeout`.
+    ///
+    /// Cancel safety: safe.
+    pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Guard> {
+        tokio::time::timeout(timeout, self.acquire())
+            .await
+            .map_err(|_| Error::Timeout(timeout))?
+    }
+}
