@@ -5,6 +5,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use queuelock_core::NodeKind;
+
 /// Who created a queue node: stored as JSON in the node's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -43,4 +45,19 @@ impl HolderInfo {
     pub fn decode(payload: &[u8]) -> Option<Self> {
         serde_json::from_slice(payload).ok()
     }
+}
+
+/// One node of a lock's queue, as shown by `holders()` / `waiters()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueEntry {
+    /// The node's key in the store.
+    pub key: String,
+    /// Its fencing token.
+    pub fencing_token: u64,
+    /// What it stands for (lock, read, write, permit, or a node another tool wrote).
+    pub kind: NodeKind,
+    /// Who created it, when the node carries queuelock metadata (`None` for nodes of
+    /// other tools, or a node gone before its data was read).
+    pub holder: Option<HolderInfo>,
 }

@@ -8,6 +8,7 @@ use queuelock_core::{Error, LockName, Node, NodeKind, Result};
 
 use crate::client::Client;
 use crate::guard::{Guard, Hold};
+use crate::metadata::QueueEntry;
 use crate::queue::{self, Lease, Mode, Request};
 
 /// A mutex waits on its immediate predecessor only: one release wakes one waiter.
@@ -142,6 +143,28 @@ impl Mutex {
     /// The lock's name.
     pub fn name(&self) -> &str {
         self.inner.name.as_str()
+    }
+
+    /// Who holds the lock (at most one entry), with holder metadata.
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn holders(&self) -> Result<Vec<QueueEntry>> {
+        Ok(
+            queue::describe(&self.inner.client, self.inner.name.as_str(), predecessor)
+                .await?
+                .0,
+        )
+    }
+
+    /// Who waits for the lock, in queue order, with holder metadata.
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn waiters(&self) -> Result<Vec<QueueEntry>> {
+        Ok(
+            queue::describe(&self.inner.client, self.inner.name.as_str(), predecessor)
+                .await?
+                .1,
+        )
     }
 
     /// How many guards of this handle currently hold the lock (0 when not held).

@@ -8,6 +8,7 @@ use queuelock_core::{Error, LockName, Node, NodeKind, Result};
 
 use crate::client::Client;
 use crate::guard::{Guard, Hold};
+use crate::metadata::QueueEntry;
 use crate::queue::{self, Mode, Request, WaitRule};
 
 /// A reader waits only on the nearest earlier node that is not a reader (a writer, a
@@ -21,6 +22,14 @@ fn nearest_earlier_writer(nodes: &[Node], me: usize) -> Option<usize> {
 /// starve because readers arriving later queue behind them.
 fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
     me.checked_sub(1)
+}
+
+/// The rule a node of either kind follows.
+fn rule_for(nodes: &[Node], me: usize) -> Option<usize> {
+    match nodes[me].kind {
+        NodeKind::Read => nearest_earlier_writer(nodes, me),
+        _ => predecessor(nodes, me),
+    }
 }
 
 /// A fair distributed read-write lock.
@@ -73,6 +82,24 @@ impl RwLock {
     /// The lock's name.
     pub fn name(&self) -> &str {
         self.name.as_str()
+    }
+
+    /// Who holds the lock (readers sharing it, or one writer), in queue order.
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn holders(&self) -> Result<Vec<QueueEntry>> {
+        Ok(queue::describe(&self.client, self.name.as_str(), rule_for)
+            .await?
+            .0)
+    }
+
+    /// Who waits for the lock, in queue order.
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn waiters(&self) -> Result<Vec<QueueEntry>> {
+        Ok(queue::describe(&self.client, self.name.as_str(), rule_for)
+            .await?
+            .1)
     }
 
     async fn take(&self, kind: NodeKind, rule: WaitRule, mode: Mode) -> Result<Option<Guard>> {

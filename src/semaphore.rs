@@ -17,6 +17,7 @@ use queuelock_core::{Error, LockName, Node, NodeKind, Result};
 
 use crate::client::Client;
 use crate::guard::{Guard, Hold};
+use crate::metadata::QueueEntry;
 use crate::queue::{self, Mode, Request};
 
 fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
@@ -86,6 +87,23 @@ impl Semaphore {
     /// The number of permits.
     pub fn permits(&self) -> u32 {
         self.permits
+    }
+
+    /// Who holds permits.
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn holders(&self) -> Result<Vec<QueueEntry>> {
+        Ok(queue::describe(&self.client, &self.holders, |_, _| None)
+            .await?
+            .0)
+    }
+
+    /// Who waits for a permit, in queue order.
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn waiters(&self) -> Result<Vec<QueueEntry>> {
+        let (head, rest) = queue::describe(&self.client, &self.waiters, predecessor).await?;
+        Ok(head.into_iter().chain(rest).collect())
     }
 
     /// Stores the permit count, or checks ours against the stored one.

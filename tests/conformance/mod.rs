@@ -422,7 +422,8 @@ macro_rules! conformance_tests {
             cancelled_acquires_leave_nothing, lock_timeout, session_expiry_passes_lock_on,
             node_deleted_by_other, fencing_tokens_increase, reentrancy, drop_releases,
             invalid_names, rwlock_shared_reads_exclusive_writes, rwlock_writer_not_starved,
-            semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch
+            semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch,
+            who_holds_what
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -652,4 +653,98 @@ pub async fn semaphore_permit_mismatch(h: &dyn Harness) {
     );
     assert!(matches!(c.semaphore(&name, 0), Err(Error::Config(_))));
     g.release().await.expect("release");
+}
+
+/// holders() and waiters() show who holds and who waits, in queue order, with metadata.
+pub async fn who_holds_what(h: &dyn Harness) {
+    let name = h.unique_name("who");
+    let holder = Client::new(
+        h.backend().await,
+        ClientOptions::default()
+            .with_ttl(h.ttl())
+            .with_label("holder-a"),
+    );
+    let g = holder
+        .mutex(&name)
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let observer = client(h).await;
+    let mut tasks = Vec::new();
+    for i in 0..2 {
+        let c = Client::new(
+            h.backend().await,
+            ClientOptions::default()
+                .with_ttl(h.ttl())
+                .with_label(format!("waiter-{i}")),
+        );
+        let n = name.clone();
+        tasks.push(tokio::spawn(async move {
+            c.mutex(&n)
+                .expect("name")
+                .lock()
+                .await
+                .expect("lock")
+                .release()
+                .await
+                .expect("release");
+        }));
+        await_queue_len(&observer, &name, i + 2).await;
+    }
+    let m = observer.mutex(&name).expect("name");
+    let holders = m.holders().await.expect("holders");
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].key, g.key());
+    assert_eq!(holders[0].fencing_token, g.fencing_token());
+    let info = holders[0].holder.clone().expect("metadata");
+    assert_eq!(info.label.as_deref(), Some("holder-a"));
+    assert_eq!(info.pid, std::process::id());
+    let waiters = m.waiters().await.expect("waiters");
+    let labels: Vec<_> = waiters
+        .iter()
+        .map(|w| w.holder.as_ref().and_then(|i| i.label.clone()))
+        .collect();
+    assert_eq!(
+        labels,
+        vec![Some("waiter-0".to_owned()), Some("waiter-1".to_owned())]
+    );
+    g.release().await.expect("release");
+    for t in tasks {
+        timeout(EVENTUALLY, t)
+            .await
+            .expect("hung")
+            .expect("panicked");
+    }
+    // Read-write lock: two readers hold, a writer waits.
+    let rw = observer.rwlock(&name).expect("name");
+    let r1 = rw.read().await.expect("read");
+    let r2 = client(h)
+        .await
+        .rwlock(&name)
+        .expect("name")
+        .read()
+        .await
+        .expect("read");
+    let wc = client(h).await;
+    let n = name.clone();
+    let w = tokio::spawn(async move {
+        wc.rwlock(&n)
+            .expect("name")
+            .write()
+            .await
+            .expect("write")
+            .release()
+            .await
+    });
+    await_queue_len(&observer, &name, 3).await;
+    assert_eq!(rw.holders().await.expect("holders").len(), 2);
+    assert_eq!(rw.waiters().await.expect("waiters").len(), 1);
+    r1.release().await.expect("release");
+    r2.release().await.expect("release");
+    timeout(EVENTUALLY, w)
+        .await
+        .expect("hung")
+        .expect("join")
+        .expect("release");
 }
