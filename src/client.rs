@@ -201,6 +201,11 @@ impl Client {
         crate::Semaphore::new(self.clone(), LockName::new(name)?, permits)
     }
 
+    /// An empty [`crate::MultiLock`]: add members with its builder methods.
+    pub fn multilock(&self) -> crate::MultiLock {
+        crate::MultiLock::new(self.clone())
+    }
+
     /// Closes the session: every lock held through this client is released at once (and
     /// reported lost to guards still alive). Later calls fail with [`Error::Closed`].
     ///

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use queuelock_core::{Error, LossReason, Result, SessionId};
+use queuelock_core::{Error, LockName, LossReason, Op, Result, SessionId};
 
 use crate::queue::Lease;
 
@@ -86,6 +86,54 @@ impl Guard {
     /// Cancel safety: safe; call it again at will.
     pub async fn lost(&self) -> LossReason {
         self.lease.lost().await
+    }
+
+    /// Atomically applies `writes` to keys in the coordination store **only if this lock
+    /// is still held** (etcd: a transaction comparing our node's revision; ZooKeeper: a
+    /// `multi` with a `check` of our node). Fails with [`Error::LockLost`], writing
+    /// nothing, once the node is gone — so a holder that lost the lock without noticing
+    /// cannot clobber its successor's data. Keys are validated like lock names and live
+    /// under the client's prefix/chroot. `Some(value)` puts, `None` deletes.
+    ///
+    /// For resources outside the store, pass [`Guard::fencing_token`] instead and have
+    /// the resource reject tokens lower than the highest it has seen.
+    ///
+    /// Cancel safety: a dropped call may or may not have applied the whole batch (never
+    /// a part of it).
+    pub async fn fenced_write<K, V>(
+        &self,
+        writes: impl IntoIterator<Item = (K, Option<V>)>,
+    ) -> Result<()>
+    where
+        K: AsRef<str>,
+        V: Into<Vec<u8>>,
+    {
+        let mut ops = Vec::new();
+        for (key, value) in writes {
+            let key = LockName::new(key.as_ref())?.as_str().to_owned();
+            ops.push(match value {
+                Some(v) => Op::Put {
+                    key,
+                    value: v.into(),
+                },
+                None => Op::Delete { key },
+            });
+        }
+        if let Some(reason) = self.lease.loss() {
+            return Err(Error::LockLost(reason));
+        }
+        let session = self.lease.session();
+        crate::queue::retry(&**session, || session.guarded(self.lease.node(), &ops)).await
+    }
+
+    /// Reads a key of the coordination store (for data written with
+    /// [`Guard::fenced_write`]).
+    ///
+    /// Cancel safety: safe (read only).
+    pub async fn read(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let key = LockName::new(key)?;
+        let session = self.lease.session();
+        crate::queue::retry(&**session, || session.get(key.as_str())).await
     }
 
     /// Releases this hold and, unless a re-entrant handle still holds the lock, deletes

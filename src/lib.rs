@@ -35,6 +35,7 @@ mod client;
 pub mod connect;
 mod guard;
 pub mod metadata;
+mod multilock;
 mod mutex;
 mod queue;
 mod rwlock;
@@ -42,6 +43,7 @@ mod semaphore;
 
 pub use client::{Client, ClientOptions, LossPolicy};
 pub use guard::Guard;
+pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
 pub use queuelock_core::{Error, LockName, LossReason, NameError, Result, SessionId, SessionState};
 pub use rwlock::RwLock;

@@ -423,7 +423,7 @@ macro_rules! conformance_tests {
             node_deleted_by_other, fencing_tokens_increase, reentrancy, drop_releases,
             invalid_names, rwlock_shared_reads_exclusive_writes, rwlock_writer_not_starved,
             semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch,
-            who_holds_what
+            who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -747,4 +747,101 @@ pub async fn who_holds_what(h: &dyn Harness) {
         .expect("hung")
         .expect("join")
         .expect("release");
+}
+
+/// Fenced writes apply while the lock is held and are refused, writing nothing, once it
+/// is lost.
+pub async fn fenced_writes_rejected_after_loss(h: &dyn Harness) {
+    let name = h.unique_name("fenced");
+    let key = format!("{}/value", h.unique_name("data"));
+    let a = client(h).await;
+    let g = a.mutex(&name).expect("name").lock().await.expect("lock");
+    g.fenced_write([(key.as_str(), Some("1"))])
+        .await
+        .expect("fenced write");
+    assert_eq!(
+        g.read(&key).await.expect("read").as_deref(),
+        Some(&b"1"[..])
+    );
+    assert!(matches!(
+        g.fenced_write([("../escape", Some("x"))]).await,
+        Err(Error::InvalidName { .. })
+    ));
+    h.expire(g.session_id()).await;
+    timeout(h.ttl() + EVENTUALLY, g.lost())
+        .await
+        .expect("loss not reported");
+    let err = g
+        .fenced_write([(key.as_str(), Some("2")), (key.as_str(), None::<&str>)])
+        .await
+        .expect_err("write after loss");
+    assert!(matches!(err, Error::LockLost(_)), "{err:?}");
+    // Another holder sees the value the lost holder could not overwrite.
+    let b = client(h).await;
+    let gb = b.mutex(&name).expect("name").lock().await.expect("lock");
+    assert_eq!(
+        gb.read(&key).await.expect("read").as_deref(),
+        Some(&b"1"[..])
+    );
+    gb.fenced_write([(key.as_str(), None::<&str>)])
+        .await
+        .expect("delete");
+    assert_eq!(gb.read(&key).await.expect("read"), None);
+    gb.release().await.expect("release");
+}
+
+/// Two groups take overlapping lock sets listed in opposite orders: no deadlock, and
+/// each lock stays exclusive.
+pub async fn multilock_no_deadlock(h: &dyn Harness) {
+    let base = h.unique_name("multi");
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|n| format!("{base}/{n}"))
+        .collect();
+    let inside: Arc<Vec<AtomicUsize>> = Arc::new((0..3).map(|_| AtomicUsize::new(0)).collect());
+    let mut tasks = Vec::new();
+    for i in 0..6usize {
+        let c = client(h).await;
+        let (names, inside) = (names.clone(), inside.clone());
+        tasks.push(tokio::spawn(async move {
+            // Group 0 lists a,b,c; group 1 lists c,b,a (and only b,a for some).
+            let order: Vec<usize> = if i % 2 == 0 {
+                vec![0, 1, 2]
+            } else if i % 3 == 0 {
+                vec![1, 0]
+            } else {
+                vec![2, 1, 0]
+            };
+            let mut ml = c.multilock();
+            for &k in &order {
+                ml = ml.mutex(&names[k]).expect("name");
+            }
+            for _ in 0..4 {
+                let g = ml.lock().await.expect("multilock");
+                for &k in &order {
+                    assert_eq!(
+                        inside[k].fetch_add(1, Ordering::SeqCst),
+                        0,
+                        "lock {k} shared"
+                    );
+                }
+                sleep(Duration::from_millis(3)).await;
+                for &k in &order {
+                    inside[k].fetch_sub(1, Ordering::SeqCst);
+                }
+                g.release().await.expect("release");
+            }
+        }));
+    }
+    for t in tasks {
+        timeout(Duration::from_secs(120), t)
+            .await
+            .expect("deadlock")
+            .expect("panicked");
+    }
+    let c = client(h).await;
+    assert!(matches!(
+        c.multilock().mutex("x").expect("x").mutex("x"),
+        Err(Error::Config(_))
+    ));
 }
