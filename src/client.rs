@@ -12,7 +12,9 @@ use queuelock_core::{
 use crate::mutex::Mutex;
 
 /// When a held lock counts as lost.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[non_exhaustive]
 pub enum LossPolicy {
     /// Only when the session is known lost (expired, revoked, closed) or the node was
@@ -20,10 +22,12 @@ pub enum LossPolicy {
     /// conservatively (send time of the last acknowledged keep-alive + TTL), so it never
     /// believes it holds a lock the server has already given away.
     #[default]
+    #[serde(rename = "session")]
     OnSessionLoss,
     /// Also as soon as the session is suspended (connection trouble), like Curator's
     /// standard error policy: safer for work that must stop at the first doubt, at the
     /// price of losing locks on brief network blips.
+    #[serde(rename = "suspension")]
     OnSuspension,
 }
 
@@ -129,15 +133,25 @@ impl Client {
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn connect(url: &str) -> Result<Self> {
-        crate::connect::connect(url).await
+        Self::with_config(&crate::Config::from_url(url)?).await
+    }
+
+    /// Connects as `config` says.
+    ///
+    /// Cancel safety: safe; a dropped call leaves nothing behind.
+    pub async fn with_config(config: &crate::Config) -> Result<Self> {
+        let backend = crate::connect::backend(config).await?;
+        Ok(Client::new(backend, config.client_options()))
     }
 
     /// Connects to the store named by the `QUEUELOCK_URL` environment variable, or to the
-    /// process-wide in-process store (`memory://`) when it is unset or empty.
+    /// process-wide in-process store (`memory://`) when it is unset or empty;
+    /// `QUEUELOCK_TTL`, `QUEUELOCK_CONNECT_TIMEOUT`, `QUEUELOCK_LOSS_POLICY` and
+    /// `QUEUELOCK_LABEL` override the URL's options ([`crate::Config::from_env`]).
     ///
     /// Cancel safety: safe.
     pub async fn from_env() -> Result<Self> {
-        Self::connect(&url_from_env(std::env::var("QUEUELOCK_URL"))?).await
+        Self::with_config(&crate::Config::from_env()?).await
     }
 
     /// The backend this client talks to.

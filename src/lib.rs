@@ -32,7 +32,8 @@
 #![forbid(unsafe_code)]
 
 mod client;
-pub mod connect;
+mod config;
+mod connect;
 mod guard;
 pub mod metadata;
 mod multilock;
@@ -42,6 +43,7 @@ mod rwlock;
 mod semaphore;
 
 pub use client::{Client, ClientOptions, LossPolicy};
+pub use config::{BackendConfig, Config, Secret, TlsConfig};
 pub use guard::Guard;
 pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};

@@ -1,0 +1,545 @@
+//! Configuration: one [`Config`] value, from a URL ([`Config::from_url`]), the
+//! environment ([`Config::from_env`]) or anything serde reads (TOML, JSON, YAML...).
+//!
+//! | URL | store |
+//! |---|---|
+//! | `memory://` | the process-wide in-process store (the default) |
+//! | `memory://NAME` | a named in-process store shared by every client using that name |
+//! | `etcd://h1:2379,h2:2379/prefix` | etcd; keys under `/prefix` |
+//! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
+//!
+//! Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
+//! `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`, `user`,
+//! `password` (etcd), `digest` (ZooKeeper `user:password`), `ca`, `cert`, `key` (TLS file
+//! paths). Credentials may also be given as URL user-info (`etcd://user:pass@host`).
+//! Anything unknown or malformed is an [`Error::Config`] naming it; credentials never
+//! appear in `Debug` output, errors or logs.
+//!
+//! The same configuration in TOML:
+//!
+//! ```toml
+//! ttl = "10s"
+//! loss_policy = "session"
+//! [backend]
+//! kind = "etcd"
+//! endpoints = ["127.0.0.1:2379"]
+//! prefix = "/app"
+//! ```
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use queuelock_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::client::{ClientOptions, LossPolicy};
+
+/// A secret (password, digest credentials): kept out of `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// TLS files for etcd or ZooKeeper.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// CA certificate(s) that sign the server's certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), for mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM), for mutual TLS.
+    pub key: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.cert.is_none() && self.key.is_none()
+    }
+}
+
+/// Which store to use, and how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum BackendConfig {
+    /// The in-process store.
+    Memory {
+        /// A named store shared by every client using the name; `None` for the
+        /// process-wide default.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// etcd.
+    Etcd {
+        /// `host:port` of each member.
+        endpoints: Vec<String>,
+        /// Key prefix (`/app`); empty for the root.
+        #[serde(default)]
+        prefix: String,
+        /// User name for etcd authentication.
+        #[serde(default)]
+        user: Option<String>,
+        /// Password for etcd authentication.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// TLS settings (`None`: plain text).
+        #[serde(default)]
+        tls: Option<TlsConfig>,
+    },
+    /// ZooKeeper.
+    #[serde(rename = "zookeeper", alias = "zk")]
+    ZooKeeper {
+        /// `host:port` of each server.
+        hosts: Vec<String>,
+        /// Chroot path (`/app`); empty for the root.
+        #[serde(default)]
+        chroot: String,
+        /// Digest credentials `user:password`.
+        #[serde(default)]
+        digest: Option<Secret>,
+        /// TLS settings (`None`: plain text).
+        #[serde(default)]
+        tls: Option<TlsConfig>,
+    },
+}
+
+/// Everything needed to build a [`crate::Client`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// The store.
+    pub backend: BackendConfig,
+    /// Session TTL / session timeout.
+    #[serde(default = "default_ttl", with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// How long to wait for a connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// When a held lock counts as lost.
+    #[serde(default)]
+    pub loss_policy: LossPolicy,
+    /// Label stored with this client's nodes.
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+fn default_ttl() -> Duration {
+    ClientOptions::default().ttl
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Durations as humantime strings ("10s") in serde formats.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendConfig::Memory { name: None },
+            ttl: default_ttl(),
+            connect_timeout: default_connect_timeout(),
+            loss_policy: LossPolicy::default(),
+            label: None,
+        }
+    }
+}
+
+fn config_err(msg: impl Into<String>) -> Error {
+    Error::Config(msg.into())
+}
+
+fn duration(key: &str, value: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(value)
+        .map_err(|e| config_err(format!("option {key}={value:?} is not a duration: {e}")))?;
+    if d < Duration::from_millis(100) {
+        return Err(config_err(format!("option {key}={value:?} is below 100ms")));
+    }
+    Ok(d)
+}
+
+/// The URL with any password replaced, for error messages.
+fn redact(url: &Url) -> String {
+    let mut u = url.clone();
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+    }
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "password" || k == "digest" {
+                "***".into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    if !pairs.is_empty() {
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
+impl Config {
+    /// Parses a URL (see the module docs).
+    pub fn from_url(raw: &str) -> Result<Self> {
+        let raw = raw.trim();
+        // `url` takes one host per URL; etcd and ZooKeeper list several
+        // ("h1:2379,h2:2379"). Take the host list out, and let `url` parse the rest.
+        let (scheme, rest) = raw
+            .split_once("://")
+            .ok_or_else(|| config_err("cannot parse the queuelock URL: expected SCHEME://..."))?;
+        let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_len);
+        let (userinfo, host_list) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let multi_host = matches!(scheme, "etcd" | "zk" | "zookeeper");
+        let parsable = format!(
+            "{scheme}://{}{}{tail}",
+            userinfo.map(|u| format!("{u}@")).unwrap_or_default(),
+            if multi_host {
+                "hosts.invalid"
+            } else {
+                host_list
+            }
+        );
+        let url = Url::parse(&parsable).map_err(|e| {
+            // The raw text may hold a password: name only the problem.
+            config_err(format!("cannot parse the queuelock URL: {e}"))
+        })?;
+        let shown = redact(&url).replace("hosts.invalid", host_list);
+        let mut cfg = Config::default();
+        let mut user = (!url.username().is_empty()).then(|| url.username().to_owned());
+        let mut password = url.password().map(Secret::new);
+        let mut digest = None;
+        let mut tls = TlsConfig::default();
+        for (key, value) in url.query_pairs() {
+            match &*key {
+                "ttl" | "session_timeout" => cfg.ttl = duration(&key, &value)?,
+                "connect_timeout" => cfg.connect_timeout = duration(&key, &value)?,
+                "loss_policy" => {
+                    cfg.loss_policy = match &*value {
+                        "session" => LossPolicy::OnSessionLoss,
+                        "suspension" => LossPolicy::OnSuspension,
+                        _ => return Err(config_err(format!(
+                            "option loss_policy={value:?}: expected \"session\" or \"suspension\""
+                        ))),
+                    }
+                }
+                "label" => cfg.label = Some(value.into_owned()),
+                "user" => user = Some(value.into_owned()),
+                "password" => password = Some(Secret::new(value.into_owned())),
+                "digest" => digest = Some(Secret::new(value.into_owned())),
+                "ca" => tls.ca = Some(value.into_owned().into()),
+                "cert" => tls.cert = Some(value.into_owned().into()),
+                "key" => tls.key = Some(value.into_owned().into()),
+                other => return Err(config_err(format!("unknown option {other:?} in {shown}"))),
+            }
+        }
+        let path = url.path().trim_end_matches('/').to_owned();
+        let hosts = || -> Result<Vec<String>> {
+            let hosts: Vec<String> = host_list
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(str::to_owned)
+                .collect();
+            if hosts.is_empty() {
+                return Err(config_err(format!("no host in {shown}")));
+            }
+            for h in &hosts {
+                let port_ok = h
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok {
+                    return Err(config_err(format!(
+                        "host {h:?} in {shown} is not host:port"
+                    )));
+                }
+            }
+            Ok(hosts)
+        };
+        let tls = (!tls.is_empty()).then_some(tls);
+        cfg.backend = match url.scheme() {
+            "memory" => {
+                if !path.is_empty() || user.is_some() || tls.is_some() || digest.is_some() {
+                    return Err(config_err(format!(
+                        "memory URL takes no path, credentials or TLS: {shown}"
+                    )));
+                }
+                BackendConfig::Memory {
+                    name: url.host_str().filter(|h| !h.is_empty()).map(str::to_owned),
+                }
+            }
+            "etcd" => {
+                if digest.is_some() {
+                    return Err(config_err(
+                        "option digest is for ZooKeeper; etcd takes user and password",
+                    ));
+                }
+                BackendConfig::Etcd {
+                    endpoints: hosts()?,
+                    prefix: path,
+                    user,
+                    password,
+                    tls,
+                }
+            }
+            "zk" | "zookeeper" => {
+                if user.is_some() || password.is_some() {
+                    return Err(config_err(
+                        "ZooKeeper takes digest=user:password, not user/password",
+                    ));
+                }
+                BackendConfig::ZooKeeper {
+                    hosts: hosts()?,
+                    chroot: path,
+                    digest,
+                    tls,
+                }
+            }
+            other => {
+                return Err(config_err(format!(
+                    "unknown scheme {other:?}: expected memory://, etcd:// or zk://"
+                )))
+            }
+        };
+        Ok(cfg)
+    }
+
+    /// The configuration named by `QUEUELOCK_URL` (in-process when unset or empty), with
+    /// `QUEUELOCK_TTL`, `QUEUELOCK_CONNECT_TIMEOUT`, `QUEUELOCK_LOSS_POLICY` and
+    /// `QUEUELOCK_LABEL` overriding the URL's options.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|k| std::env::var(k))
+    }
+
+    pub(crate) fn from_vars(
+        var: impl Fn(&str) -> std::result::Result<String, std::env::VarError>,
+    ) -> Result<Self> {
+        let url = crate::client::url_from_env(var("QUEUELOCK_URL"))?;
+        let mut cfg = Self::from_url(&url)?;
+        let get = |k: &str| match var(k) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(_) => Err(config_err(format!("{k} is not valid UTF-8"))),
+        };
+        if let Some(v) = get("QUEUELOCK_TTL")? {
+            cfg.ttl = duration("QUEUELOCK_TTL", &v)?;
+        }
+        if let Some(v) = get("QUEUELOCK_CONNECT_TIMEOUT")? {
+            cfg.connect_timeout = duration("QUEUELOCK_CONNECT_TIMEOUT", &v)?;
+        }
+        if let Some(v) = get("QUEUELOCK_LOSS_POLICY")? {
+            cfg.loss_policy = match v.as_str() {
+                "session" => LossPolicy::OnSessionLoss,
+                "suspension" => LossPolicy::OnSuspension,
+                _ => {
+                    return Err(config_err(format!(
+                        "QUEUELOCK_LOSS_POLICY={v:?}: expected \"session\" or \"suspension\""
+                    )))
+                }
+            };
+        }
+        if let Some(v) = get("QUEUELOCK_LABEL")? {
+            cfg.label = Some(v);
+        }
+        Ok(cfg)
+    }
+
+    /// The client options this configuration sets.
+    pub fn client_options(&self) -> ClientOptions {
+        let mut o = ClientOptions::default()
+            .with_ttl(self.ttl)
+            .with_loss_policy(self.loss_policy);
+        o.label = self.label.clone();
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(url: &str) -> String {
+        match Config::from_url(url) {
+            Err(Error::Config(m)) => m,
+            other => panic!("{url} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn etcd_url() {
+        let c = Config::from_url("etcd://u:s3cret@h1:2379,h2:2380/app/locks?ttl=5s&connect_timeout=2s&loss_policy=suspension&label=w1&ca=/c.pem").expect("url");
+        assert_eq!(c.ttl, Duration::from_secs(5));
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.loss_policy, LossPolicy::OnSuspension);
+        assert_eq!(c.label.as_deref(), Some("w1"));
+        match &c.backend {
+            BackendConfig::Etcd {
+                endpoints,
+                prefix,
+                user,
+                password,
+                tls,
+            } => {
+                assert_eq!(endpoints, &["h1:2379", "h2:2380"]);
+                assert_eq!(prefix, "/app/locks");
+                assert_eq!(user.as_deref(), Some("u"));
+                assert_eq!(password.as_ref().map(Secret::expose), Some("s3cret"));
+                assert_eq!(
+                    tls.as_ref().and_then(|t| t.ca.clone()),
+                    Some("/c.pem".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("s3cret"), "password in Debug");
+    }
+
+    #[test]
+    fn zk_and_memory_urls() {
+        let c = Config::from_url("zk://127.0.0.1:2181/app?session_timeout=30s&digest=a:b")
+            .expect("url");
+        match &c.backend {
+            BackendConfig::ZooKeeper {
+                hosts,
+                chroot,
+                digest,
+                tls,
+            } => {
+                assert_eq!(hosts, &["127.0.0.1:2181"]);
+                assert_eq!(chroot, "/app");
+                assert_eq!(digest.as_ref().map(Secret::expose), Some("a:b"));
+                assert!(tls.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("a:b"));
+        assert_eq!(
+            Config::from_url("memory://").expect("url"),
+            Config::default()
+        );
+        assert_eq!(
+            Config::from_url("memory://tests").expect("url").backend,
+            BackendConfig::Memory {
+                name: Some("tests".into())
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_culprit_and_hide_secrets() {
+        assert!(err("redis://h:1").contains("\"redis\""));
+        assert!(err("etcd://h:1?tll=1s").contains("\"tll\""));
+        assert!(err("etcd://h:1?ttl=soon").contains("ttl=\"soon\""));
+        assert!(err("etcd://h:1?ttl=1ms").contains("below 100ms"));
+        assert!(err("etcd://h/x").contains("\"h\" in"));
+        assert!(err("etcd://h:99999/x").contains("not host:port"));
+        assert!(err("memory:///x").contains("no path"));
+        assert!(err("zk://u:p@h:1").contains("digest"));
+        let e = err("etcd://u:topsecret@h:1?bogus=1");
+        assert!(e.contains("bogus") && !e.contains("topsecret"), "{e}");
+        let e = err("etcd://h:1?password=topsecret&bogus=1");
+        assert!(!e.contains("topsecret"), "{e}");
+        let e = err("etcd://u:topsecret@h:1 :: garbage");
+        assert!(!e.contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let vars = |k: &str| match k {
+            "QUEUELOCK_URL" => Ok("etcd://h:2379/p?ttl=5s".to_owned()),
+            "QUEUELOCK_TTL" => Ok("7s".to_owned()),
+            "QUEUELOCK_LABEL" => Ok("box".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        let c = Config::from_vars(vars).expect("config");
+        assert_eq!(c.ttl, Duration::from_secs(7));
+        assert_eq!(c.label.as_deref(), Some("box"));
+        let bad = |k: &str| match k {
+            "QUEUELOCK_LOSS_POLICY" => Ok("often".to_owned()),
+            _ => Err(std::env::VarError::NotPresent),
+        };
+        assert!(
+            matches!(Config::from_vars(bad), Err(Error::Config(m)) if m.contains("QUEUELOCK_LOSS_POLICY"))
+        );
+        let none = |_: &str| Err(std::env::VarError::NotPresent);
+        assert_eq!(Config::from_vars(none).expect("config"), Config::default());
+    }
+
+    #[test]
+    fn toml_config() {
+        let text = r#"
+            ttl = "10s"
+            loss_policy = "session"
+            [backend]
+            kind = "etcd"
+            endpoints = ["127.0.0.1:2379"]
+            prefix = "/app"
+            password = "pw"
+        "#;
+        let c: Config = toml::from_str(text).expect("toml");
+        assert_eq!(c.ttl, Duration::from_secs(10));
+        assert!(matches!(&c.backend, BackendConfig::Etcd { prefix, .. } if prefix == "/app"));
+        assert!(!format!("{c:?}").contains("pw\""));
+        let e = toml::from_str::<Config>("ttl = \"forever\"\n[backend]\nkind = \"memory\"\n")
+            .expect_err("bad duration")
+            .to_string();
+        assert!(e.contains("forever"), "{e}");
+    }
+
+    #[test]
+    fn serde_round_trip_and_unknown_fields() {
+        let text = r#"{"backend":{"kind":"zookeeper","hosts":["h:2181"],"chroot":"/x","digest":"u:p"},"ttl":"3s","loss_policy":"suspension"}"#;
+        let c: Config = serde_json::from_str(text).expect("json");
+        assert_eq!(c.ttl, Duration::from_secs(3));
+        let back: Config =
+            serde_json::from_str(&serde_json::to_string(&c).expect("ser")).expect("de");
+        assert_eq!(back, c);
+        let bad = r#"{"backend":{"kind":"memory"},"ttl":"3s","tll":"1s"}"#;
+        let e = serde_json::from_str::<Config>(bad)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(e.contains("tll"), "{e}");
+    }
+}
