@@ -215,6 +215,11 @@ impl Client {
         crate::Semaphore::new(self.clone(), LockName::new(name)?, permits)
     }
 
+    /// A leader election named `name` (validated like [`Client::mutex`]).
+    pub fn election(&self, name: &str) -> Result<crate::Election> {
+        Ok(crate::Election::new(self.clone(), LockName::new(name)?))
+    }
+
     /// An empty [`crate::MultiLock`]: add members with its builder methods.
     pub fn multilock(&self) -> crate::MultiLock {
         crate::MultiLock::new(self.clone())

@@ -260,9 +260,11 @@ impl Config {
                     cfg.loss_policy = match &*value {
                         "session" => LossPolicy::OnSessionLoss,
                         "suspension" => LossPolicy::OnSuspension,
-                        _ => return Err(config_err(format!(
+                        _ => {
+                            return Err(config_err(format!(
                             "option loss_policy={value:?}: expected \"session\" or \"suspension\""
-                        ))),
+                        )))
+                        }
                     }
                 }
                 "label" => cfg.label = Some(value.into_owned()),

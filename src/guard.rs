@@ -119,11 +119,20 @@ impl Guard {
                 None => Op::Delete { key },
             });
         }
+        self.guarded(&ops).await
+    }
+
+    /// Applies `ops` only while the lock is held; a lost lock (or its lost session) is
+    /// [`Error::LockLost`].
+    pub(crate) async fn guarded(&self, ops: &[Op]) -> Result<()> {
         if let Some(reason) = self.lease.loss() {
             return Err(Error::LockLost(reason));
         }
         let session = self.lease.session();
-        crate::queue::retry(&**session, || session.guarded(self.lease.node(), &ops)).await
+        match crate::queue::retry(&**session, || session.guarded(self.lease.node(), ops)).await {
+            Err(Error::SessionExpired(_)) => Err(Error::LockLost(LossReason::SessionLost)),
+            other => other,
+        }
     }
 
     /// Reads a key of the coordination store (for data written with

@@ -34,6 +34,7 @@
 mod client;
 mod config;
 mod connect;
+mod election;
 mod guard;
 pub mod metadata;
 mod multilock;
@@ -44,6 +45,7 @@ mod semaphore;
 
 pub use client::{Client, ClientOptions, LossPolicy};
 pub use config::{BackendConfig, Config, Secret, TlsConfig};
+pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;
 pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};

@@ -123,6 +123,7 @@ impl Inner {
             kind: NodeKind::Lock,
             rule: predecessor,
             mode,
+            payload: None,
         }
     }
 }

@@ -45,6 +45,8 @@ pub(crate) struct Request<'a> {
     pub kind: NodeKind,
     pub rule: WaitRule,
     pub mode: Mode,
+    /// The node's payload; `None` for holder metadata.
+    pub payload: Option<Vec<u8>>,
 }
 
 /// Joins the queue and waits for our turn.
@@ -80,7 +82,10 @@ pub(crate) async fn acquire(client: &Client, req: Request<'_>) -> Result<Option<
 
 async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>>> {
     let session = client.session().await?;
-    let payload = HolderInfo::now(client.options().label.as_deref()).encode();
+    let payload = match &req.payload {
+        Some(p) => p.clone(),
+        None => HolderInfo::now(client.options().label.as_deref()).encode(),
+    };
     let mut pending = Pending::new(session.clone(), NodeSpec::new(req.queue, req.kind, payload));
     let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
     let me = created.node;

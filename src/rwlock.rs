@@ -108,6 +108,7 @@ impl RwLock {
             kind,
             rule,
             mode,
+            payload: None,
         };
         let lease = queue::acquire(&self.client, req).await?;
         Ok(lease.map(|l| Guard::new(self.label.clone(), l, Hold::Single)))

@@ -147,6 +147,7 @@ impl Semaphore {
             kind: NodeKind::Permit,
             rule: predecessor,
             mode,
+            payload: None,
         };
         // Head of the waiting line: ours to enter as soon as a permit is free.
         let Some(turn) = queue::acquire(&self.client, req).await? else {

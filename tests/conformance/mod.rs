@@ -423,7 +423,8 @@ macro_rules! conformance_tests {
             node_deleted_by_other, fencing_tokens_increase, reentrancy, drop_releases,
             invalid_names, rwlock_shared_reads_exclusive_writes, rwlock_writer_not_starved,
             semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch,
-            who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock
+            who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock,
+            election_one_leader_and_failover, election_observe_in_order
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -844,4 +845,115 @@ pub async fn multilock_no_deadlock(h: &dyn Harness) {
         c.multilock().mutex("x").expect("x").mutex("x"),
         Err(Error::Config(_))
     ));
+}
+
+/// One leader at a time; FIFO succession on resignation and on the leader's session
+/// loss; proclamations only while leading; leader() agrees.
+pub async fn election_one_leader_and_failover(h: &dyn Harness) {
+    let name = h.unique_name("elect");
+    let observer = client(h).await;
+    let e = observer.election(&name).expect("name");
+    assert_eq!(e.leader().await.expect("leader"), None);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = Vec::new();
+    for i in 0..4usize {
+        let c = client(h).await;
+        clients.push(c.clone());
+        let (n, tx) = (name.clone(), tx.clone());
+        tokio::spawn(async move {
+            let l = c
+                .election(&n)
+                .expect("name")
+                .campaign(format!("c{i}"))
+                .await
+                .expect("campaign");
+            let _ = tx.send((i, l));
+        });
+        await_queue_len(&observer, &name, i + 1).await;
+    }
+    let mut last_token = 0;
+    let mut previous: Option<queuelock::Leadership> = None;
+    for step in 0..4usize {
+        let (i, l) = timeout(h.ttl() + EVENTUALLY, rx.recv())
+            .await
+            .expect("no new leader")
+            .expect("chan");
+        assert_eq!(i, step, "leaders out of FIFO order");
+        if let Some(p) = &previous {
+            assert!(p.is_lost().is_some(), "two leaders at once");
+        }
+        assert!(l.fencing_token() > last_token);
+        last_token = l.fencing_token();
+        let seen = e.leader().await.expect("leader").expect("a leader");
+        assert_eq!(seen.value, format!("c{i}").into_bytes());
+        assert_eq!(seen.fencing_token, l.fencing_token());
+        l.proclaim(format!("c{i}-proclaimed"))
+            .await
+            .expect("proclaim");
+        assert_eq!(
+            e.leader().await.expect("leader").expect("leader").value,
+            format!("c{i}-proclaimed").into_bytes()
+        );
+        if step % 2 == 0 {
+            l.resign().await.expect("resign");
+            previous = None;
+        } else {
+            // The leader's session is lost: it is told, and the next candidate leads.
+            h.expire(l.guard().session_id()).await;
+            timeout(h.ttl() + EVENTUALLY, l.lost())
+                .await
+                .expect("loss not reported");
+            assert!(
+                matches!(l.proclaim("late").await, Err(Error::LockLost(_))),
+                "proclaimed after loss"
+            );
+            previous = Some(l);
+        }
+    }
+    await_queue_len(&observer, &name, 0).await;
+    assert_eq!(e.leader().await.expect("leader"), None);
+}
+
+async fn next_leader<S>(stream: &mut S) -> Option<String>
+where
+    S: futures::Stream<Item = queuelock::Result<Option<queuelock::Leader>>> + Unpin,
+{
+    use futures::StreamExt;
+    timeout(EVENTUALLY, stream.next())
+        .await
+        .expect("observe stalled")
+        .expect("stream ended")
+        .expect("observe failed")
+        .map(|l| String::from_utf8(l.value).expect("utf8"))
+}
+
+/// observe() reports the leader, proclamations, succession and vacancy, in order.
+pub async fn election_observe_in_order(h: &dyn Harness) {
+    let name = h.unique_name("observe");
+    let watcher = client(h).await;
+    let mut stream = Box::pin(watcher.election(&name).expect("name").observe());
+    assert_eq!(next_leader(&mut stream).await, None);
+    let a = client(h).await;
+    let la = a
+        .election(&name)
+        .expect("name")
+        .campaign("a")
+        .await
+        .expect("campaign");
+    assert_eq!(next_leader(&mut stream).await.as_deref(), Some("a"));
+    la.proclaim("a2").await.expect("proclaim");
+    assert_eq!(next_leader(&mut stream).await.as_deref(), Some("a2"));
+    let b = client(h).await;
+    let n = name.clone();
+    let candidate = tokio::spawn(async move { b.election(&n).expect("name").campaign("b").await });
+    await_queue_len(&watcher, &name, 2).await;
+    la.resign().await.expect("resign");
+    assert_eq!(next_leader(&mut stream).await.as_deref(), Some("b"));
+    let lb = timeout(EVENTUALLY, candidate)
+        .await
+        .expect("hung")
+        .expect("join")
+        .expect("campaign");
+    lb.resign().await.expect("resign");
+    assert_eq!(next_leader(&mut stream).await, None);
 }

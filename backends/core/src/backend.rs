@@ -97,6 +97,23 @@ pub trait Session: Send + Sync + fmt::Debug {
     /// Cancel safety: safe; dropping it cancels the watch.
     async fn deleted(&self, key: &str, since: Revision) -> Result<()>;
 
+    /// Resolves when `queue` changes after revision `since`: a node joins or leaves it, or
+    /// the payload of its first node changes. It may also resolve when nothing that
+    /// matters changed (callers read the queue again), but never misses such a change
+    /// after `since`. Used to observe an election's leader.
+    ///
+    /// The default implementation reports that the backend does not support it.
+    ///
+    /// Cancel safety: safe; dropping it cancels the watch.
+    async fn queue_changed(&self, queue: &str, since: Revision) -> Result<()> {
+        let _ = (queue, since);
+        Err(crate::Error::Backend {
+            backend: "contract",
+            message: "this backend does not implement queue_changed".to_owned(),
+            source: None,
+        })
+    }
+
     /// Deletes `node` if it still is the very node given (same key and fencing token): a
     /// retried or late delete never removes a newer node. `Ok` if it is already gone.
     ///

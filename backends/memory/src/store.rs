@@ -32,6 +32,10 @@ struct State {
     sessions: HashMap<u64, SessionRec>,
     /// Deletion watches by key; each fires once.
     watchers: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
+    /// Queue-change watches by queue; each fires once.
+    queue_watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// The revision of each queue's last change (membership or payload).
+    queue_rev: HashMap<String, u64>,
     /// Deletion notifications delivered to a live watcher of another session than the
     /// node's owner, ever (a holder watching its own node does not count).
     notifications: u64,
@@ -85,11 +89,22 @@ impl State {
         self.revision
     }
 
+    /// Records a change under `key`'s parent queue and wakes its queue watchers.
+    fn touch_queue(&mut self, key: &str) {
+        if let Some((queue, _)) = key.rsplit_once('/') {
+            self.queue_rev.insert(queue.to_owned(), self.revision);
+            for w in self.queue_watchers.remove(queue).unwrap_or_default() {
+                let _ = w.send(());
+            }
+        }
+    }
+
     fn remove_entry(&mut self, key: &str) -> bool {
         let Some(entry) = self.entries.remove(key) else {
             return false;
         };
         self.bump();
+        self.touch_queue(key);
         for (watcher, w) in self.watchers.remove(key).unwrap_or_default() {
             if w.send(()).is_ok() && entry.owner != Some(watcher) {
                 self.notifications += 1;
@@ -407,6 +422,7 @@ impl Session for MemorySession {
                 if let Some(rec) = st.sessions.get_mut(&self.id) {
                     rec.attempts.insert(spec.id, key.clone());
                 }
+                st.touch_queue(&key);
                 Node {
                     key,
                     sequence: rev,
@@ -484,6 +500,28 @@ impl Session for MemorySession {
     }
 
     /// Cancel safety: safe.
+    async fn queue_changed(&self, queue: &str, since: u64) -> Result<()> {
+        self.gate().await?;
+        let fired = {
+            let mut st = self.backend.lock();
+            st.check(self.id)?;
+            if st.queue_rev.get(queue).is_some_and(|&r| r > since) {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            let list = st.queue_watchers.entry(queue.to_owned()).or_default();
+            list.retain(|w| !w.is_closed());
+            list.push(tx);
+            rx
+        };
+        let mut state = self.state.clone();
+        tokio::select! {
+            r = fired => r.map_err(|_| Error::connection("memory store dropped")),
+            _ = state.wait_for(|s| *s == SessionState::Lost) => Err(self.expired()),
+        }
+    }
+
+    /// Cancel safety: safe.
     async fn delete(&self, node: &Node) -> Result<()> {
         self.gate().await?;
         let mut st = self.backend.lock();
@@ -522,6 +560,7 @@ impl Session for MemorySession {
             match op {
                 Op::Put { key, value } => {
                     let rev = st.bump();
+                    st.touch_queue(key);
                     st.entries
                         .entry(key.clone())
                         .and_modify(|e| e.value = value.clone())

@@ -380,6 +380,54 @@ pub async fn keepalive_outlives_ttl(h: &dyn Harness) {
     s.close().await.expect("close");
 }
 
+/// queue_changed resolves on a join, a leave and a payload change of the head, and at
+/// once for a change that happened after `since` but before the call.
+pub async fn queue_changed_fires(h: &dyn Harness) {
+    let s = open(h).await;
+    let watcher = open(h).await;
+    let q = h.unique_name("qchange");
+    let rev = watcher.list(&q).await.expect("list").revision;
+    let w = watcher.clone();
+    let q2 = q.clone();
+    let waiting = tokio::spawn(async move { w.queue_changed(&q2, rev).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "fired with no change");
+    let a = s
+        .create_sequential(&spec(&q, NodeKind::Latch, b"v1"))
+        .await
+        .expect("create")
+        .node;
+    timeout(EVENTUALLY, waiting)
+        .await
+        .expect("join not seen")
+        .expect("join")
+        .expect("watch");
+    // A payload change of the head, made before the call: seen at once.
+    let rev = watcher.list(&q).await.expect("list").revision;
+    s.guarded(
+        &a,
+        &[Op::Put {
+            key: a.key.clone(),
+            value: b"v2".to_vec(),
+        }],
+    )
+    .await
+    .expect("proclaim");
+    timeout(EVENTUALLY, watcher.queue_changed(&q, rev))
+        .await
+        .expect("payload change missed")
+        .expect("watch");
+    // A leave.
+    let rev = watcher.list(&q).await.expect("list").revision;
+    s.delete(&a).await.expect("delete");
+    timeout(EVENTUALLY, watcher.queue_changed(&q, rev))
+        .await
+        .expect("leave missed")
+        .expect("watch");
+    s.close().await.expect("close");
+    watcher.close().await.expect("close");
+}
+
 /// Runs every contract test as its own `#[tokio::test]`, each with a fresh harness from
 /// the given expression (evaluated inside the test's async context).
 #[macro_export]
@@ -397,7 +445,8 @@ macro_rules! contract_tests {
             put_if_absent_once,
             close_removes_nodes,
             expiry_makes_session_lost,
-            keepalive_outlives_ttl
+            keepalive_outlives_ttl,
+            queue_changed_fires
         );
     };
 }
