@@ -1,0 +1,445 @@
+//! `queuelock`: run a command under a distributed lock, like `flock(1)` across machines.
+//!
+//! ```text
+//! queuelock run  [--url U] [--timeout D] [--permits N] NAME -- CMD [ARGS...]
+//! queuelock status [--url U] [--kind mutex|rwlock|semaphore] [--json] NAME
+//! queuelock elect [--url U] NAME VALUE -- CMD [ARGS...]
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use queuelock::metadata::QueueEntry;
+use queuelock::{Client, Config, Error, Guard, LossReason};
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Exit status when the lock could not be taken before `--timeout` (as `timeout(1)`).
+const EXIT_TIMEOUT: u8 = 124;
+/// Exit status when queuelock itself failed (configuration, connection, bad name).
+const EXIT_FAILURE: u8 = 125;
+/// Exit status when the command could not be started (as shells do).
+const EXIT_CANNOT_RUN: u8 = 126;
+/// Exit status when the command was not found (as shells do).
+const EXIT_NOT_FOUND: u8 = 127;
+/// Exit status when the lock was lost while the command ran (EX_TEMPFAIL).
+const EXIT_LOST: u8 = 75;
+
+const AFTER_HELP: &str = "\
+EXIT STATUS (run, elect):
+  the command's own status   it ran to the end (128+N if killed by signal N)
+  75                         the lock was lost while the command ran; it was sent
+                             SIGTERM, then SIGKILL after --grace
+  124                        --timeout passed before the lock was ours
+  125                        queuelock failed: bad URL or option, connection, name
+  126 / 127                  the command could not be run / was not found
+
+The store comes from --url or QUEUELOCK_URL (etcd://h:2379/prefix, zk://h:2181/chroot,
+memory://). The command gets QUEUELOCK_NAME, QUEUELOCK_KEY and QUEUELOCK_FENCING_TOKEN.";
+
+#[derive(Parser, Debug)]
+#[command(name = "queuelock", version, about = "Fair distributed locks on etcd or ZooKeeper", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct Target {
+    /// Store URL (default: $QUEUELOCK_URL, else the in-process store).
+    #[arg(long, env = "QUEUELOCK_URL", hide_env_values = true)]
+    url: Option<String>,
+    /// Label stored with our queue node (shown by `status`).
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Wait for the lock (or one of N permits), run CMD while holding it, release.
+    Run {
+        #[command(flatten)]
+        target: Target,
+        /// Give up waiting after this long (e.g. 30s, 5m); exit 124.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Use a semaphore with N permits instead of a mutex.
+        #[arg(long)]
+        permits: Option<u32>,
+        /// After a lost lock, how long CMD gets between SIGTERM and SIGKILL.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Lock name (`/`-separated segments of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show who holds a lock and who waits.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Which recipe's layout to read.
+        #[arg(long, value_enum, default_value = "mutex")]
+        kind: Kind,
+        /// Permit count, with --kind semaphore.
+        #[arg(long, default_value = "1")]
+        permits: u32,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Lock name.
+        name: String,
+    },
+    /// Campaign in an election; run CMD while leader.
+    Elect {
+        #[command(flatten)]
+        target: Target,
+        /// After lost leadership, how long CMD gets between SIGTERM and SIGKILL.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Election name.
+        name: String,
+        /// The value others see as the leader's.
+        value: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Kind {
+    Mutex,
+    Rwlock,
+    Semaphore,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUEUELOCK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("queuelock: cannot start runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("queuelock: {e}");
+            ExitCode::from(match e {
+                Error::Timeout(_) => EXIT_TIMEOUT,
+                _ => EXIT_FAILURE,
+            })
+        }
+    }
+}
+
+async fn connect(t: &Target) -> queuelock::Result<Client> {
+    let mut config = match &t.url {
+        Some(u) if !u.trim().is_empty() => Config::from_url(u)?,
+        _ => Config::from_env()?,
+    };
+    if t.label.is_some() {
+        config.label = t.label.clone();
+    }
+    Client::with_config(&config).await
+}
+
+async fn run(cli: Cli) -> queuelock::Result<u8> {
+    match cli.command {
+        Cmd::Run {
+            target,
+            timeout,
+            permits,
+            grace,
+            name,
+            command,
+        } => {
+            let client = connect(&target).await?;
+            let acquire = acquire(&client, &name, permits);
+            let guard = match timeout {
+                Some(d) => tokio::time::timeout(d, acquire)
+                    .await
+                    .map_err(|_| Error::Timeout(d))??,
+                None => acquire.await?,
+            };
+            let code = supervise(&guard, &command, grace).await;
+            let released = guard.release().await;
+            client.close().await.ok();
+            match (code, released) {
+                (Ok(code), Ok(())) => Ok(code),
+                (Ok(_), Err(Error::LockLost(reason))) => {
+                    eprintln!(
+                        "queuelock: the lock was lost ({reason}) by the time the command ended"
+                    );
+                    Ok(EXIT_LOST)
+                }
+                (Ok(code), Err(e)) => {
+                    eprintln!("queuelock: release failed: {e}");
+                    Ok(code)
+                }
+                (Err(code), _) => Ok(code),
+            }
+        }
+        Cmd::Status {
+            target,
+            kind,
+            permits,
+            json,
+            name,
+        } => {
+            let client = connect(&target).await?;
+            let (holders, waiters) = match kind {
+                Kind::Mutex => {
+                    let m = client.mutex(&name)?;
+                    (m.holders().await?, m.waiters().await?)
+                }
+                Kind::Rwlock => {
+                    let l = client.rwlock(&name)?;
+                    (l.holders().await?, l.waiters().await?)
+                }
+                Kind::Semaphore => {
+                    let s = client.semaphore(&name, permits)?;
+                    (s.holders().await?, s.waiters().await?)
+                }
+            };
+            print_status(&name, &holders, &waiters, json);
+            client.close().await.ok();
+            Ok(0)
+        }
+        Cmd::Elect {
+            target,
+            grace,
+            name,
+            value,
+            command,
+        } => {
+            let client = connect(&target).await?;
+            let leadership = client.election(&name)?.campaign(value).await?;
+            let code = supervise(leadership.guard(), &command, grace).await;
+            let resigned = leadership.resign().await;
+            client.close().await.ok();
+            match (code, resigned) {
+                (Ok(_), Err(Error::LockLost(_))) => Ok(EXIT_LOST),
+                (Ok(code), _) => Ok(code),
+                (Err(code), _) => Ok(code),
+            }
+        }
+    }
+}
+
+/// Waits in the queue, telling the user who holds the lock once waiting takes a moment.
+async fn acquire(client: &Client, name: &str, permits: Option<u32>) -> queuelock::Result<Guard> {
+    let take = async {
+        match permits {
+            Some(n) => client.semaphore(name, n)?.acquire().await,
+            None => client.mutex(name)?.lock().await,
+        }
+    };
+    tokio::pin!(take);
+    tokio::select! {
+        r = &mut take => return r,
+        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    let (holders, waiters) = match permits {
+        Some(n) => {
+            let s = client.semaphore(name, n)?;
+            (s.holders().await, s.waiters().await)
+        }
+        None => {
+            let m = client.mutex(name)?;
+            (m.holders().await, m.waiters().await)
+        }
+    };
+    if let (Ok(holders), Ok(waiters)) = (holders, waiters) {
+        let me = std::process::id();
+        let position = waiters
+            .iter()
+            .position(|w| w.holder.as_ref().is_some_and(|h| h.pid == me))
+            .map_or_else(|| "?".to_owned(), |p| (p + 1).to_string());
+        eprintln!(
+            "queuelock: waiting for {name}: held by {}; we are {position} of {} waiting",
+            describe(&holders),
+            waiters.len()
+        );
+    }
+    take.await
+}
+
+fn describe(entries: &[QueueEntry]) -> String {
+    if entries.is_empty() {
+        return "nobody".to_owned();
+    }
+    entries
+        .iter()
+        .map(|e| match &e.holder {
+            Some(h) => format!(
+                "{}:{}{}",
+                h.host,
+                h.pid,
+                h.label
+                    .as_ref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default()
+            ),
+            None => e.key.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_status(name: &str, holders: &[QueueEntry], waiters: &[QueueEntry], json: bool) {
+    let row = |e: &QueueEntry| {
+        serde_json::json!({
+            "key": e.key,
+            "fencing_token": e.fencing_token,
+            "kind": format!("{:?}", e.kind).to_lowercase(),
+            "host": e.holder.as_ref().map(|h| h.host.clone()),
+            "pid": e.holder.as_ref().map(|h| h.pid),
+            "queued_at_ms": e.holder.as_ref().map(|h| h.queued_at_ms),
+            "label": e.holder.as_ref().and_then(|h| h.label.clone()),
+        })
+    };
+    if json {
+        let v = serde_json::json!({
+            "name": name,
+            "holders": holders.iter().map(row).collect::<Vec<_>>(),
+            "waiters": waiters.iter().map(row).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return;
+    }
+    println!(
+        "{name}: {} holding, {} waiting",
+        holders.len(),
+        waiters.len()
+    );
+    for (title, list) in [("holder", holders), ("waiter", waiters)] {
+        for (i, e) in list.iter().enumerate() {
+            let who = describe(std::slice::from_ref(e));
+            println!(
+                "  {title} {:>2}  token {:>8}  {who}  [{}]",
+                i + 1,
+                e.fencing_token,
+                e.key
+            );
+        }
+    }
+}
+
+/// Runs the command while `guard` holds; returns its exit status (`Err` for statuses
+/// queuelock decides: lost lock, command not runnable).
+async fn supervise(guard: &Guard, command: &[String], grace: Duration) -> Result<u8, u8> {
+    let Some((program, args)) = command.split_first() else {
+        return Err(EXIT_CANNOT_RUN);
+    };
+    let mut child = match Command::new(program)
+        .args(args)
+        .env("QUEUELOCK_NAME", guard.name())
+        .env("QUEUELOCK_KEY", guard.key())
+        .env("QUEUELOCK_FENCING_TOKEN", guard.fencing_token().to_string())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("queuelock: cannot run {program:?}: {e}");
+            return Err(if e.kind() == std::io::ErrorKind::NotFound {
+                EXIT_NOT_FOUND
+            } else {
+                EXIT_CANNOT_RUN
+            });
+        }
+    };
+    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+    let signals = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+        SignalKind::user_defined1(),
+        SignalKind::user_defined2(),
+    ];
+    let mut streams = Vec::new();
+    for kind in signals {
+        match signal(kind) {
+            Ok(s) => streams.push((kind, s)),
+            Err(e) => eprintln!("queuelock: cannot forward signal {kind:?}: {e}"),
+        }
+    }
+    let can_forward = !streams.is_empty();
+    let mut lost: Option<LossReason> = None;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    loop {
+        let forwarded = async {
+            let waits = streams.iter_mut().map(|(k, s)| {
+                let k = *k;
+                Box::pin(async move {
+                    s.recv().await;
+                    k
+                })
+            });
+            if can_forward {
+                futures::future::select_all(waits).await.0
+            } else {
+                std::future::pending().await
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let status = match status {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("queuelock: lost track of the command: {e}");
+                        return Err(EXIT_FAILURE);
+                    }
+                };
+                if lost.is_some() {
+                    return Err(EXIT_LOST);
+                }
+                use std::os::unix::process::ExitStatusExt;
+                return Ok(match (status.code(), status.signal()) {
+                    (Some(c), _) => c as u8,
+                    (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+                    _ => EXIT_FAILURE,
+                });
+            }
+            reason = guard.lost(), if lost.is_none() => {
+                eprintln!("queuelock: lock {} lost ({reason}); stopping the command", guard.name());
+                lost = Some(reason);
+                if let Some(pid) = pid {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+                kill_at = Some(tokio::time::Instant::now() + grace);
+            }
+            _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
+                eprintln!("queuelock: the command outlived its grace period; killing it");
+                let _ = child.start_kill();
+                kill_at = None;
+            }
+            kind = forwarded => {
+                if let (Some(pid), Some(sig)) = (pid, to_nix(kind)) {
+                    let _ = kill(pid, sig);
+                }
+            }
+        }
+    }
+}
+
+fn to_nix(kind: SignalKind) -> Option<Signal> {
+    Signal::try_from(kind.as_raw_value()).ok()
+}
