@@ -7,29 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use queuelock::backend::testkit::Harness;
-use queuelock::backend::{Backend, SessionId};
 use queuelock::{Client, ClientOptions, MemoryBackend, MutexGuard};
+use queuelock_memory::testkit::MemoryHarness;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-struct Memory(MemoryBackend);
-
-#[async_trait]
-impl Harness for Memory {
-    async fn backend(&self) -> Arc<dyn Backend> {
-        Arc::new(self.0.clone())
-    }
-    async fn expire(&self, id: SessionId) {
-        assert!(self.0.expire_session(id), "no session {id}");
-    }
-    fn ttl(&self) -> Duration {
-        Duration::from_millis(800)
-    }
-}
-
-conformance_tests!(Memory(MemoryBackend::new()));
+conformance_tests!(MemoryHarness::default());
 
 fn memory_client(store: &MemoryBackend, ttl: Duration) -> Client {
     Client::new(

@@ -42,6 +42,26 @@ pub async fn await_queue_len(observer: &Client, name: &str, n: usize) {
     }
 }
 
+/// Locks `name` through a new handle of `c`.
+pub async fn hold(c: &Client, name: &str) -> queuelock::Guard {
+    c.mutex(name).expect("name").lock().await.expect("lock")
+}
+
+/// Locks and releases `name` through a new handle of `c`.
+pub async fn cycle(c: &Client, name: &str) {
+    hold(c, name).await.release().await.expect("release");
+}
+
+/// Waits for every task, failing on a hang (liveness, not timing) or a panic.
+pub async fn join_all(tasks: Vec<tokio::task::JoinHandle<()>>, limit: Duration) {
+    for t in tasks {
+        timeout(limit, t)
+            .await
+            .expect("a task hung")
+            .expect("a task panicked");
+    }
+}
+
 /// ≥ 8 clients × 8 tasks hammer one lock; an unsynchronised read-modify-write with a
 /// yield in the middle would lose updates without mutual exclusion.
 pub async fn mutual_exclusion(h: &dyn Harness) {
@@ -76,12 +96,7 @@ pub async fn mutual_exclusion(h: &dyn Harness) {
             }));
         }
     }
-    for t in handles {
-        timeout(Duration::from_secs(240), t)
-            .await
-            .expect("hammer hung")
-            .expect("task panicked");
-    }
+    join_all(handles, Duration::from_secs(240)).await;
     assert_eq!(
         counter.load(Ordering::SeqCst),
         (CLIENTS * TASKS * ROUNDS) as u64,
@@ -95,19 +110,14 @@ pub async fn fifo_order(h: &dyn Harness) {
     let name = h.unique_name("fifo");
     let observer = client(h).await;
     let holder = client(h).await;
-    let first = holder
-        .mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
+    let first = hold(&holder, &name).await;
     let order = Arc::new(StdMutex::new(Vec::new()));
     let mut waiters = Vec::new();
     for i in 0..6usize {
         let c = client(h).await;
         let (n, order) = (name.clone(), order.clone());
         waiters.push(tokio::spawn(async move {
-            let g = c.mutex(&n).expect("name").lock().await.expect("lock");
+            let g = hold(&c, &n).await;
             order.lock().expect("order").push(i);
             sleep(Duration::from_millis(5)).await;
             g.release().await.expect("release");
@@ -116,12 +126,7 @@ pub async fn fifo_order(h: &dyn Harness) {
         await_queue_len(&observer, &name, i + 2).await;
     }
     first.release().await.expect("release");
-    for w in waiters {
-        timeout(EVENTUALLY, w)
-            .await
-            .expect("waiter hung")
-            .expect("waiter panicked");
-    }
+    join_all(waiters, EVENTUALLY).await;
     assert_eq!(*order.lock().expect("order"), (0..6).collect::<Vec<_>>());
 }
 
@@ -129,13 +134,7 @@ pub async fn fifo_order(h: &dyn Harness) {
 pub async fn try_lock_leaves_nothing(h: &dyn Harness) {
     let name = h.unique_name("try");
     let observer = client(h).await;
-    let g = client(h)
-        .await
-        .mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
+    let g = hold(&client(h).await, &name).await;
     let other = client(h).await;
     let m = other.mutex(&name).expect("name");
     for _ in 0..5 {
@@ -160,13 +159,7 @@ pub async fn try_lock_leaves_nothing(h: &dyn Harness) {
 pub async fn cancelled_acquires_leave_nothing(h: &dyn Harness) {
     let name = h.unique_name("cancel");
     let observer = client(h).await;
-    let holder = client(h)
-        .await
-        .mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
+    let holder = hold(&client(h).await, &name).await;
     let clients = [
         client(h).await,
         client(h).await,
@@ -206,13 +199,7 @@ pub async fn cancelled_acquires_leave_nothing(h: &dyn Harness) {
 pub async fn lock_timeout(h: &dyn Harness) {
     let name = h.unique_name("timeout");
     let observer = client(h).await;
-    let g = client(h)
-        .await
-        .mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
+    let g = hold(&client(h).await, &name).await;
     let m = client(h).await.mutex(&name).expect("name");
     let err = m
         .lock_timeout(Duration::from_millis(300))
@@ -237,7 +224,7 @@ pub async fn lock_timeout(h: &dyn Harness) {
 pub async fn session_expiry_passes_lock_on(h: &dyn Harness) {
     let name = h.unique_name("expiry");
     let a = client(h).await;
-    let ga = a.mutex(&name).expect("name").lock().await.expect("lock");
+    let ga = hold(&a, &name).await;
     let b = client(h).await;
     let name_b = name.clone();
     let waiter = tokio::spawn(async move { b.mutex(&name_b).expect("name").lock().await });
@@ -260,21 +247,14 @@ pub async fn session_expiry_passes_lock_on(h: &dyn Harness) {
     ));
     gb.release().await.expect("release");
     // The client opens a fresh session for new work.
-    a.mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock again")
-        .release()
-        .await
-        .expect("release");
+    cycle(&a, &name).await;
 }
 
 /// Someone else deletes the holder's node: `lost()` resolves with NodeDeleted.
 pub async fn node_deleted_by_other(h: &dyn Harness) {
     let name = h.unique_name("deleted");
     let a = client(h).await;
-    let g = a.mutex(&name).expect("name").lock().await.expect("lock");
+    let g = hold(&a, &name).await;
     let other = client(h).await.session().await.expect("session");
     let node = other.list(&name).await.expect("list").nodes.remove(0);
     assert_eq!(node.key, g.key());
@@ -352,13 +332,7 @@ pub async fn reentrancy(h: &dyn Harness) {
 /// Dropping a guard releases the lock in the background.
 pub async fn drop_releases(h: &dyn Harness) {
     let name = h.unique_name("drop");
-    let g = client(h)
-        .await
-        .mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
+    let g = hold(&client(h).await, &name).await;
     let m = client(h).await.mutex(&name).expect("name");
     drop(g);
     let g = timeout(EVENTUALLY, m.lock())
@@ -481,12 +455,7 @@ pub async fn rwlock_shared_reads_exclusive_writes(h: &dyn Harness) {
             }
         }));
     }
-    for t in tasks {
-        timeout(Duration::from_secs(240), t)
-            .await
-            .expect("hung")
-            .expect("panicked");
-    }
+    join_all(tasks, Duration::from_secs(240)).await;
     assert!(
         max_readers.load(Ordering::SeqCst) >= 2,
         "readers never shared the lock"
@@ -564,12 +533,7 @@ pub async fn semaphore_bound(h: &dyn Harness) {
             c.close().await.expect("close");
         }));
     }
-    for t in tasks {
-        timeout(Duration::from_secs(240), t)
-            .await
-            .expect("hung")
-            .expect("panicked");
-    }
+    join_all(tasks, Duration::from_secs(240)).await;
     assert_eq!(
         most.load(Ordering::SeqCst),
         PERMITS,
@@ -621,12 +585,7 @@ pub async fn semaphore_fifo_and_holder_death(h: &dyn Harness) {
         .expect("loss not reported");
     sleep(Duration::from_millis(50)).await;
     a.release().await.expect("release");
-    for t in tasks {
-        timeout(EVENTUALLY, t)
-            .await
-            .expect("waiter hung")
-            .expect("panicked");
-    }
+    join_all(tasks, EVENTUALLY).await;
     assert_eq!(*order.lock().expect("order"), vec![0, 1, 2, 3]);
     await_queue_len(&observer, &waiters_queue, 0).await;
     await_queue_len(&observer, &format!("{name}/holders"), 0).await;
@@ -665,12 +624,7 @@ pub async fn who_holds_what(h: &dyn Harness) {
             .with_ttl(h.ttl())
             .with_label("holder-a"),
     );
-    let g = holder
-        .mutex(&name)
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
+    let g = hold(&holder, &name).await;
     let observer = client(h).await;
     let mut tasks = Vec::new();
     for i in 0..2 {
@@ -682,14 +636,7 @@ pub async fn who_holds_what(h: &dyn Harness) {
         );
         let n = name.clone();
         tasks.push(tokio::spawn(async move {
-            c.mutex(&n)
-                .expect("name")
-                .lock()
-                .await
-                .expect("lock")
-                .release()
-                .await
-                .expect("release");
+            cycle(&c, &n).await;
         }));
         await_queue_len(&observer, &name, i + 2).await;
     }
@@ -711,12 +658,7 @@ pub async fn who_holds_what(h: &dyn Harness) {
         vec![Some("waiter-0".to_owned()), Some("waiter-1".to_owned())]
     );
     g.release().await.expect("release");
-    for t in tasks {
-        timeout(EVENTUALLY, t)
-            .await
-            .expect("hung")
-            .expect("panicked");
-    }
+    join_all(tasks, EVENTUALLY).await;
     // Read-write lock: two readers hold, a writer waits.
     let rw = observer.rwlock(&name).expect("name");
     let r1 = rw.read().await.expect("read");
@@ -756,7 +698,7 @@ pub async fn fenced_writes_rejected_after_loss(h: &dyn Harness) {
     let name = h.unique_name("fenced");
     let key = format!("{}/value", h.unique_name("data"));
     let a = client(h).await;
-    let g = a.mutex(&name).expect("name").lock().await.expect("lock");
+    let g = hold(&a, &name).await;
     g.fenced_write([(key.as_str(), Some("1"))])
         .await
         .expect("fenced write");
@@ -779,7 +721,7 @@ pub async fn fenced_writes_rejected_after_loss(h: &dyn Harness) {
     assert!(matches!(err, Error::LockLost(_)), "{err:?}");
     // Another holder sees the value the lost holder could not overwrite.
     let b = client(h).await;
-    let gb = b.mutex(&name).expect("name").lock().await.expect("lock");
+    let gb = hold(&b, &name).await;
     assert_eq!(
         gb.read(&key).await.expect("read").as_deref(),
         Some(&b"1"[..])
@@ -834,12 +776,7 @@ pub async fn multilock_no_deadlock(h: &dyn Harness) {
             }
         }));
     }
-    for t in tasks {
-        timeout(Duration::from_secs(120), t)
-            .await
-            .expect("deadlock")
-            .expect("panicked");
-    }
+    join_all(tasks, Duration::from_secs(120)).await;
     let c = client(h).await;
     assert!(matches!(
         c.multilock().mutex("x").expect("x").mutex("x"),

@@ -28,3 +28,35 @@
 mod store;
 
 pub use store::{MemoryBackend, MemorySession};
+
+/// The test [`queuelock_core::testkit::Harness`] for the in-process backend.
+#[cfg(feature = "testkit")]
+pub mod testkit {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use queuelock_core::testkit::Harness;
+    use queuelock_core::{Backend, SessionId};
+
+    use crate::MemoryBackend;
+
+    /// Every backend it hands out shares one fresh store; sessions expire after 800 ms.
+    #[derive(Clone, Debug, Default)]
+    pub struct MemoryHarness(pub MemoryBackend);
+
+    #[async_trait]
+    impl Harness for MemoryHarness {
+        async fn backend(&self) -> Arc<dyn Backend> {
+            Arc::new(self.0.clone())
+        }
+
+        async fn expire(&self, id: SessionId) {
+            assert!(self.0.expire_session(id), "no open memory session {id}");
+        }
+
+        fn ttl(&self) -> Duration {
+            Duration::from_millis(800)
+        }
+    }
+}
