@@ -423,7 +423,15 @@ impl Lease {
         if let Some(r) = *self.lost.borrow() {
             return Some(r);
         }
-        let r = classify(*self.session.state().borrow(), self.policy)?;
+        let expired = self
+            .session
+            .valid_until()
+            .is_some_and(|t| std::time::Instant::now() >= t);
+        let r = if expired {
+            LossReason::SessionLost
+        } else {
+            classify(*self.session.state().borrow(), self.policy)?
+        };
         latch(&self.lost, r);
         Some(r)
     }

@@ -67,6 +67,15 @@ pub trait Session: Send + Sync + fmt::Debug {
     /// wait. Once [`SessionState::Lost`], it never changes again.
     fn state(&self) -> watch::Receiver<SessionState>;
 
+    /// The instant until which the session is known to be alive, computed on the client
+    /// (etcd: send time of the last acknowledged keep-alive + TTL), if the backend
+    /// tracks one. Past it, locks held through the session count as lost even before the
+    /// state channel says so: a process frozen past its TTL must not act on a stale
+    /// `Live` when it wakes. `None` (the default): rely on [`Session::state`] alone.
+    fn valid_until(&self) -> Option<std::time::Instant> {
+        None
+    }
+
     /// Creates an ephemeral node owned by this session in `spec.queue`, at the end of the
     /// queue's total order, and reads the queue (in one round trip where the backend
     /// can). Idempotent per `spec.id`: a retry after connection loss returns the node

@@ -390,6 +390,11 @@ impl Session for MemorySession {
         self.state.clone()
     }
 
+    fn valid_until(&self) -> Option<std::time::Instant> {
+        let st = self.backend.lock();
+        st.sessions.get(&self.id).map(|rec| rec.deadline.into_std())
+    }
+
     /// Cancel safety: a dropped call may have created the node; `abandon` removes it.
     async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created> {
         self.gate().await?;
