@@ -11,15 +11,83 @@ use crate::config::{BackendConfig, Config};
 pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
     match &config.backend {
         BackendConfig::Memory { name } => memory(name.as_deref()),
-        BackendConfig::Etcd { .. } => Err(Error::FeatureDisabled {
-            backend: "etcd",
-            feature: "etcd",
-        }),
+        BackendConfig::Etcd {
+            endpoints,
+            prefix,
+            user,
+            password,
+            tls,
+        } => {
+            etcd(
+                config,
+                endpoints,
+                prefix,
+                user.as_deref(),
+                password.as_ref(),
+                tls.is_some(),
+            )
+            .await
+        }
         BackendConfig::ZooKeeper { .. } => Err(Error::FeatureDisabled {
             backend: "zookeeper",
             feature: "zookeeper",
         }),
     }
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd(
+    config: &Config,
+    endpoints: &[String],
+    prefix: &str,
+    user: Option<&str>,
+    password: Option<&crate::Secret>,
+    tls: bool,
+) -> Result<Arc<dyn Backend>> {
+    use queuelock_etcd::{EtcdBackend, EtcdOptions};
+    if tls {
+        return Err(Error::Config(
+            "TLS to etcd is not supported yet: use a plain-text endpoint on a trusted network"
+                .to_owned(),
+        ));
+    }
+    let mut options = EtcdOptions::default().with_connect_timeout(config.connect_timeout);
+    match (user, password) {
+        (Some(u), Some(p)) => options = options.with_credentials(u, p.expose()),
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "etcd credentials need both user and password".to_owned(),
+            ))
+        }
+    }
+    let connect = EtcdBackend::connect(endpoints, prefix, options);
+    let backend = tokio::time::timeout(config.connect_timeout, connect)
+        .await
+        .map_err(|_| Error::Connection {
+            message: format!(
+                "no answer from etcd at {} within {:?}",
+                endpoints.join(","),
+                config.connect_timeout
+            ),
+            source: None,
+        })??;
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd(
+    _config: &Config,
+    _endpoints: &[String],
+    _prefix: &str,
+    _user: Option<&str>,
+    _password: Option<&crate::Secret>,
+    _tls: bool,
+) -> Result<Arc<dyn Backend>> {
+    Err(Error::FeatureDisabled {
+        backend: "etcd",
+        feature: "etcd",
+    })
 }
 
 #[cfg(feature = "memory")]

@@ -529,7 +529,12 @@ async fn monitor(
             let _ = settle(&*session, Duration::from_millis(50)).await;
             continue;
         }
-        let reason = if *session.state().borrow() == SessionState::Lost {
+        // Our node went: because our session did (ask the server), or someone deleted it.
+        let state = match session.probe().await {
+            Ok(s) => s,
+            Err(_) => *session.state().borrow(),
+        };
+        let reason = if state == SessionState::Lost {
             LossReason::SessionLost
         } else {
             LossReason::NodeDeleted

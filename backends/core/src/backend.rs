@@ -76,6 +76,16 @@ pub trait Session: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Asks the server whether the session is still alive and returns its state (updating
+    /// [`Session::state`] if the server says it is gone). Used to tell a lost session from
+    /// a node deleted by someone else. Default: the current state, for backends whose
+    /// state is always current.
+    ///
+    /// Cancel safety: safe.
+    async fn probe(&self) -> Result<SessionState> {
+        Ok(*self.state().borrow())
+    }
+
     /// Creates an ephemeral node owned by this session in `spec.queue`, at the end of the
     /// queue's total order, and reads the queue (in one round trip where the backend
     /// can). Idempotent per `spec.id`: a retry after connection loss returns the node
@@ -86,7 +96,8 @@ pub trait Session: Send + Sync + fmt::Debug {
     async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created>;
 
     /// Removes the node created for `spec` (by [`Session::create_sequential`] with the
-    /// same `spec.id`), if there is one. `Ok` when there is nothing to remove.
+    /// same `spec.id`), if there is one, and makes sure a create for `spec` still in
+    /// flight can no longer take effect. `Ok` when there is nothing to remove.
     ///
     /// Cancel safety: safe; call again to finish.
     async fn abandon(&self, spec: &NodeSpec) -> Result<()>;
@@ -97,8 +108,9 @@ pub trait Session: Send + Sync + fmt::Debug {
     async fn list(&self, queue: &str) -> Result<Listing>;
 
     /// Resolves when `key` does not exist: at once if it is already gone, otherwise when
-    /// it is deleted. A deletion that happens after a [`Session::list`] at revision
-    /// `since` is never missed, however soon after the listing this is called.
+    /// it is deleted. `since` is a revision at which `key` was known to exist (the
+    /// revision of a listing that contained it), or 0 when unknown: a deletion after it
+    /// is never missed, however soon after the listing this is called.
     ///
     /// Errors: [`crate::Error::SessionExpired`] if this session is lost while waiting;
     /// [`crate::Error::Connection`] if the watch broke (call again to resume).

@@ -1,0 +1,49 @@
+//! The one place where `etcd-client` errors become queuelock errors.
+
+use queuelock_core::Error;
+
+/// Maps an `etcd-client` error into the contract's [`Error`].
+pub fn map_error(e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    let message = e.to_string();
+    match e {
+        E::GRpcStatus(status) => match status.code() {
+            Code::Unauthenticated | Code::PermissionDenied => Error::Auth {
+                message,
+                source: Some(Box::new(status)),
+            },
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::Unknown => Error::Connection {
+                message,
+                source: Some(Box::new(status)),
+            },
+            _ => Error::Backend {
+                backend: "etcd",
+                message,
+                source: Some(Box::new(status)),
+            },
+        },
+        E::TransportError(t) => Error::Connection {
+            message,
+            source: Some(Box::new(t)),
+        },
+        E::IoError(io) => Error::Connection {
+            message,
+            source: Some(Box::new(io)),
+        },
+        E::WatchError(_) | E::LeaseKeepAliveError(_) => Error::Connection {
+            message,
+            source: None,
+        },
+        E::InvalidArgs(_) | E::InvalidUri(_) => Error::Config(message),
+        other => Error::Backend {
+            backend: "etcd",
+            message,
+            source: Some(Box::new(other)),
+        },
+    }
+}

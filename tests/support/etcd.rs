@@ -1,0 +1,201 @@
+//! A real etcd cluster (1 or 3 members) on 127.0.0.1.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{free_port, require_binary, TempDir};
+
+struct Member {
+    name: String,
+    client_port: u16,
+    peer_port: u16,
+    process: Option<Child>,
+}
+
+/// An etcd cluster whose members the test can kill and restart.
+pub struct EtcdCluster {
+    dir: TempDir,
+    members: Vec<Member>,
+    initial_cluster: String,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one is healthy.
+    pub fn start(n: usize) -> Self {
+        require_binary("etcd", "apt-get install etcd-server");
+        require_binary("etcdctl", "apt-get install etcd-client");
+        let dir = TempDir::new("queuelock-etcd");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                process: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = EtcdCluster {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait_healthy(Duration::from_secs(60));
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let m = &self.members[i];
+        let data = self.dir.0.join(&m.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.0.join(format!("{}.log", m.name)))
+            .expect("log file");
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "queuelock-test",
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .env(
+                "ETCD_UNSUPPORTED_ARCH",
+                std::env::consts::ARCH.replace("x86_64", "amd64"),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.members[i].process = Some(child);
+    }
+
+    /// `host:port` of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect()
+    }
+
+    /// A queuelock URL for the whole cluster with a key prefix.
+    pub fn url(&self, prefix: &str, query: &str) -> String {
+        format!("etcd://{}/{prefix}?{query}", self.endpoints().join(","))
+    }
+
+    fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Option<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(["--command-timeout=2s", "--dial-timeout=1s"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn alive(&self) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| self.members[i].process.is_some())
+            .collect()
+    }
+
+    /// Waits until every running member reports healthy and a leader exists.
+    pub fn wait_healthy(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let eps: Vec<String> = self
+                .alive()
+                .into_iter()
+                .map(|i| self.endpoints()[i].clone())
+                .collect();
+            if self.etcdctl(&eps, &["endpoint", "health"]).is_some() && self.try_leader().is_some()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd cluster not healthy in {limit:?}; logs in {}",
+                self.dir.0.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn try_leader(&self) -> Option<usize> {
+        for i in self.alive() {
+            let json = self.etcdctl(
+                &[self.endpoints()[i].clone()],
+                &["endpoint", "status", "-w", "json"],
+            )?;
+            let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+            let st = &v[0]["Status"];
+            let (me, leader) = (st["header"]["member_id"].as_u64()?, st["leader"].as_u64()?);
+            if leader != 0 && me == leader {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// The index of the current leader (waits for an election).
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(i) = self.try_leader() {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no etcd leader");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9 member `i`.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut p) = self.members[i].process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// Starts member `i` again on its old data.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].process.is_none(), "member {i} is running");
+        self.spawn(i);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Real servers for tests that need more than the one server `scripts/test` starts:
+//! clusters on loopback, with members to kill and restart. Data lives in a temporary
+//! directory removed on drop; every process is killed on drop.
+
+#![allow(dead_code)] // each test binary uses part of it
+
+pub mod etcd;
+pub mod zookeeper;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+/// A real cluster the fault tests can break.
+pub trait Cluster {
+    /// A queuelock URL for the cluster under `root` (prefix or chroot) with options.
+    fn url(&self, root: &str, query: &str) -> String;
+    /// The index of the current leader (waits for one).
+    fn leader(&self) -> usize;
+    /// kill -9 member `i`.
+    fn kill9(&mut self, i: usize);
+    /// Starts member `i` again on its old data.
+    fn restart(&mut self, i: usize);
+    /// Waits until every running member serves.
+    fn wait_ready(&self);
+    /// The option name for the session TTL in URLs.
+    fn ttl_option(&self) -> &'static str;
+}
+
+impl Cluster for etcd::EtcdCluster {
+    fn url(&self, root: &str, query: &str) -> String {
+        etcd::EtcdCluster::url(self, root, query)
+    }
+    fn leader(&self) -> usize {
+        etcd::EtcdCluster::leader(self)
+    }
+    fn kill9(&mut self, i: usize) {
+        etcd::EtcdCluster::kill9(self, i)
+    }
+    fn restart(&mut self, i: usize) {
+        etcd::EtcdCluster::restart(self, i)
+    }
+    fn wait_ready(&self) {
+        self.wait_healthy(std::time::Duration::from_secs(60))
+    }
+    fn ttl_option(&self) -> &'static str {
+        "ttl"
+    }
+}
+
+impl Cluster for zookeeper::ZkEnsemble {
+    fn url(&self, root: &str, query: &str) -> String {
+        zookeeper::ZkEnsemble::url(self, root, query)
+    }
+    fn leader(&self) -> usize {
+        zookeeper::ZkEnsemble::leader(self)
+    }
+    fn kill9(&mut self, i: usize) {
+        zookeeper::ZkEnsemble::kill9(self, i)
+    }
+    fn restart(&mut self, i: usize) {
+        zookeeper::ZkEnsemble::restart(self, i)
+    }
+    fn wait_ready(&self) {
+        self.wait_serving(std::time::Duration::from_secs(60))
+    }
+    fn ttl_option(&self) -> &'static str {
+        "session_timeout"
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Fails the test with a clear message when a server binary is missing: such tests
+/// never skip.
+pub fn require_binary(name: &str, install_hint: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed: {install_hint} (./scripts/test does it)")
+        })
+}
