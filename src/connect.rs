@@ -28,10 +28,12 @@ pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
             )
             .await
         }
-        BackendConfig::ZooKeeper { .. } => Err(Error::FeatureDisabled {
-            backend: "zookeeper",
-            feature: "zookeeper",
-        }),
+        BackendConfig::ZooKeeper {
+            hosts,
+            chroot,
+            digest,
+            tls,
+        } => zookeeper(config, hosts, chroot, digest.as_ref(), tls.is_some()).await,
     }
 }
 
@@ -87,6 +89,53 @@ async fn etcd(
     Err(Error::FeatureDisabled {
         backend: "etcd",
         feature: "etcd",
+    })
+}
+
+#[cfg(feature = "zookeeper")]
+async fn zookeeper(
+    config: &Config,
+    hosts: &[String],
+    chroot: &str,
+    digest: Option<&crate::Secret>,
+    tls: bool,
+) -> Result<Arc<dyn Backend>> {
+    use queuelock_zookeeper::{ZkBackend, ZkOptions};
+    if tls {
+        return Err(Error::Config(
+            "TLS to ZooKeeper is not supported yet: use a plain-text port on a trusted network"
+                .to_owned(),
+        ));
+    }
+    let mut options = ZkOptions::default().with_connect_timeout(config.connect_timeout);
+    options.digest = digest.map(|d| d.expose().to_owned());
+    let hosts = hosts.join(",");
+    let backend = tokio::time::timeout(
+        config.connect_timeout,
+        ZkBackend::connect(&hosts, chroot, options),
+    )
+    .await
+    .map_err(|_| Error::Connection {
+        message: format!(
+            "no answer from ZooKeeper at {hosts} within {:?}",
+            config.connect_timeout
+        ),
+        source: None,
+    })??;
+    Ok(Arc::new(backend))
+}
+
+#[cfg(not(feature = "zookeeper"))]
+async fn zookeeper(
+    _config: &Config,
+    _hosts: &[String],
+    _chroot: &str,
+    _digest: Option<&crate::Secret>,
+    _tls: bool,
+) -> Result<Arc<dyn Backend>> {
+    Err(Error::FeatureDisabled {
+        backend: "zookeeper",
+        feature: "zookeeper",
     })
 }
 

@@ -109,12 +109,12 @@ impl Election {
         let Some(head) = listing.nodes.first() else {
             return Ok((None, listing.revision));
         };
-        let value = queue::retry(&*session, || session.get(&head.key)).await?;
-        // A head gone between the two reads: report the next read's answer instead.
-        let leader = value.map(|value| Leader {
+        let read = queue::retry(&*session, || session.read_node(&head.key)).await?;
+        // A head gone between the two reads: the next read answers instead.
+        let leader = read.map(|(value, fencing_token)| Leader {
             key: head.key.clone(),
             value,
-            fencing_token: head.token,
+            fencing_token,
         });
         Ok((leader, listing.revision))
     }

@@ -133,12 +133,12 @@ pub(crate) async fn describe(
     let listing = retry(&*session, || session.list(queue)).await?;
     let (mut holders, mut waiters) = (Vec::new(), Vec::new());
     for (i, node) in listing.nodes.iter().enumerate() {
-        let payload = retry(&*session, || session.get(&node.key)).await?;
+        let read = retry(&*session, || session.read_node(&node.key)).await?;
         let entry = QueueEntry {
             key: node.key.clone(),
-            fencing_token: node.token,
+            fencing_token: read.as_ref().map_or(node.token, |r| r.1),
             kind: node.kind,
-            holder: payload.as_deref().and_then(HolderInfo::decode),
+            holder: read.as_ref().and_then(|r| HolderInfo::decode(&r.0)),
         };
         if rule(&listing.nodes, i).is_none() {
             holders.push(entry);

@@ -148,6 +148,11 @@ pub trait Session: Send + Sync + fmt::Debug {
     /// Cancel safety: a dropped call may or may not have applied the whole batch.
     async fn guarded(&self, guard: &Node, ops: &[Op]) -> Result<()>;
 
+    /// Reads a node's payload and exact fencing token (for showing who holds a lock).
+    ///
+    /// Cancel safety: safe (read only).
+    async fn read_node(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>>;
+
     /// Reads a key's value.
     ///
     /// Cancel safety: safe (read only).

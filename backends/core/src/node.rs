@@ -61,6 +61,9 @@ pub struct Node {
     pub sequence: u64,
     /// Fencing token: grows monotonically across the store's whole history (etcd
     /// `create_revision`, ZooKeeper `czxid`), so a later holder always has a larger token.
+    /// Exact for a node returned by [`crate::Session::create_sequential`] and by
+    /// [`crate::Session::read_node`]; in a [`Listing`] a backend may report 0 for nodes
+    /// where reading it would cost extra round trips (ZooKeeper).
     pub token: u64,
     /// What the node stands for.
     pub kind: NodeKind,

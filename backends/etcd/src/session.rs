@@ -462,6 +462,20 @@ impl Session for EtcdSession {
     }
 
     /// Cancel safety: safe (read only).
+    async fn read_node(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        self.check()?;
+        let resp = self
+            .kv()
+            .get(self.inner.keys.abs(key), None)
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.create_revision() as u64)))
+    }
+
+    /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.check()?;
         let resp = self

@@ -586,6 +586,14 @@ impl Session for MemorySession {
     }
 
     /// Cancel safety: safe (read only).
+    async fn read_node(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
+        self.gate().await?;
+        let st = self.backend.lock();
+        st.check(self.id)?;
+        Ok(st.entries.get(key).map(|e| (e.value.clone(), e.create_rev)))
+    }
+
+    /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.gate().await?;
         let st = self.backend.lock();

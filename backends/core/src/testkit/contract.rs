@@ -47,8 +47,8 @@ pub async fn create_is_idempotent_and_ordered(h: &dyn Harness) {
             "listing lacks our node"
         );
         assert_eq!(
-            c.listing.nodes.last(),
-            Some(&c.node),
+            c.listing.nodes.last().map(|n| (&n.key, n.sequence)),
+            Some((&c.node.key, c.node.sequence)),
             "new node is not last"
         );
         let again = s.create_sequential(&sp).await.expect("create again");
@@ -56,10 +56,26 @@ pub async fn create_is_idempotent_and_ordered(h: &dyn Harness) {
         created.push(c.node);
     }
     let listing = s.list(&q).await.expect("list");
+    let ids = |nodes: &[crate::Node]| -> Vec<(String, u64, NodeKind)> {
+        nodes
+            .iter()
+            .map(|n| (n.key.clone(), n.sequence, n.kind))
+            .collect()
+    };
     assert_eq!(
-        listing.nodes, created,
+        ids(&listing.nodes),
+        ids(&created),
         "listing order differs from creation order"
     );
+    for n in &created {
+        let (payload, token) = s
+            .read_node(&n.key)
+            .await
+            .expect("read")
+            .expect("node exists");
+        assert_eq!(token, n.token, "read_node token differs from the create's");
+        assert_eq!(payload.len(), 1);
+    }
     assert!(created.windows(2).all(|w| w[0].sequence < w[1].sequence));
     assert!(
         created.windows(2).all(|w| w[0].token < w[1].token),

@@ -1,0 +1,30 @@
+//! The one place where `zookeeper-client` errors become queuelock errors.
+
+use queuelock_core::Error;
+use zookeeper_client::Error as ZkError;
+
+/// Maps a `zookeeper-client` error into the contract's [`Error`]. `NoNode` and
+/// `NodeExists` are handled where they are expected; here they become backend errors.
+pub fn map_error(e: ZkError) -> Error {
+    let message = e.to_string();
+    match e {
+        ZkError::ConnectionLoss | ZkError::Timeout | ZkError::NoHosts | ZkError::Throttled => {
+            Error::Connection {
+                message,
+                source: Some(Box::new(e)),
+            }
+        }
+        ZkError::SessionExpired | ZkError::SessionMoved | ZkError::ClientClosed => {
+            Error::SessionExpired(queuelock_core::SessionId(0))
+        }
+        ZkError::NoAuth | ZkError::AuthFailed => Error::Auth {
+            message,
+            source: Some(Box::new(e)),
+        },
+        other => Error::Backend {
+            backend: "zookeeper",
+            message,
+            source: Some(Box::new(other)),
+        },
+    }
+}
