@@ -94,7 +94,25 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Counters of what this client's acquires did (for tests and monitoring).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Grants (locks, permits, leaderships) obtained.
+    pub grants: u64,
+    /// Times a waiter was woken to look at the queue again. With no herd effect, each
+    /// waiter is woken once per node it waited behind.
+    pub wakeups: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) grants: std::sync::atomic::AtomicU64,
+    pub(crate) wakeups: std::sync::atomic::AtomicU64,
+}
+
 struct Inner {
+    counters: Counters,
     backend: Arc<dyn Backend>,
     options: ClientOptions,
     session: StdMutex<Option<Arc<dyn Session>>>,
@@ -118,6 +136,7 @@ impl Client {
     pub fn new(backend: Arc<dyn Backend>, options: ClientOptions) -> Self {
         Client {
             inner: Arc::new(Inner {
+                counters: Counters::default(),
                 backend,
                 options,
                 session: StdMutex::new(None),
@@ -159,6 +178,19 @@ impl Client {
         &self.inner.backend
     }
 
+    /// What this client's acquires have done so far.
+    pub fn stats(&self) -> ClientStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        ClientStats {
+            grants: self.inner.counters.grants.load(Relaxed),
+            wakeups: self.inner.counters.wakeups.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
     /// The client's options.
     pub fn options(&self) -> &ClientOptions {
         &self.inner.options
@@ -167,6 +199,12 @@ impl Client {
     /// The current session's id, if one is open.
     pub fn session_id(&self) -> Option<SessionId> {
         self.current().map(|s| s.id())
+    }
+
+    /// The session locks are currently taken through, if one is open and not lost
+    /// (unlike [`Client::session`], never opens one).
+    pub fn current_session(&self) -> Option<Arc<dyn Session>> {
+        self.current()
     }
 
     fn current(&self) -> Option<Arc<dyn Session>> {

@@ -43,7 +43,7 @@ mod queue;
 mod rwlock;
 mod semaphore;
 
-pub use client::{Client, ClientOptions, LossPolicy};
+pub use client::{Client, ClientOptions, ClientStats, LossPolicy};
 pub use config::{BackendConfig, Config, Secret, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;

@@ -102,6 +102,10 @@ async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>
                 return Err(Error::SessionExpired(session.id()));
             }
             pending.disarm();
+            client
+                .counters()
+                .grants
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(Some(Lease::grant(
                 session,
                 me,
@@ -116,6 +120,10 @@ async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>
         let blocker = listing.nodes[blocker].key.clone();
         tracing::trace!(lock = req.queue, waiting_for = %blocker, "queued");
         wait_turn(&*session, &blocker, &me.key, listing.revision).await?;
+        client
+            .counters()
+            .wakeups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         listing = retry(&*session, || session.list(req.queue)).await?;
     }
 }
@@ -521,7 +529,7 @@ async fn monitor(
                 latch(&tx, reason);
                 return;
             }
-            r = session.deleted(&key, since) => r.is_err(),
+            r = session.deleted_lazily(&key, since) => r.is_err(),
         };
         if watch_broken {
             // The state branch reports a lost session; otherwise watch again once the

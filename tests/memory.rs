@@ -23,7 +23,7 @@ fn memory_client(store: &MemoryBackend, ttl: Duration) -> Client {
 
 /// One release wakes exactly one waiter, however many are queued (no herd effect).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_release_wakes_one_waiter() {
+async fn one_release_notifies_one_session() {
     const WAITERS: usize = 50;
     let store = MemoryBackend::new();
     let observer = memory_client(&store, Duration::from_secs(10));

@@ -118,6 +118,16 @@ pub trait Session: Send + Sync + fmt::Debug {
     /// Cancel safety: safe; dropping it cancels the watch.
     async fn deleted(&self, key: &str, since: Revision) -> Result<()>;
 
+    /// Like [`Session::deleted`] for a node we hold (so `since` is when we knew it
+    /// existed): may report the deletion somewhat later (etcd: up to ~100 ms) in exchange
+    /// for no extra round trip, since the session's state reports a lost session anyway.
+    /// Default: [`Session::deleted`].
+    ///
+    /// Cancel safety: safe.
+    async fn deleted_lazily(&self, key: &str, since: Revision) -> Result<()> {
+        self.deleted(key, since).await
+    }
+
     /// Resolves when `queue` changes after revision `since`: a node joins or leaves it, or
     /// the payload of its first node changes. It may also resolve when nothing that
     /// matters changed (callers read the queue again), but never misses such a change

@@ -386,6 +386,34 @@ impl Session for EtcdSession {
         }
     }
 
+    /// A watch from `since + 1` and no read: the deletion cannot be missed, and etcd's
+    /// slower path for watches that start in the past only delays its report.
+    ///
+    /// Cancel safety: safe.
+    async fn deleted_lazily(&self, key: &str, since: u64) -> Result<()> {
+        if since == 0 {
+            return self.deleted(key, since).await;
+        }
+        self.check()?;
+        let mut reg = self
+            .inner
+            .watches
+            .watch(self.inner.keys.abs(key), false, since as i64 + 1)
+            .await?;
+        let mut state = self.state.clone();
+        loop {
+            let ev = tokio::select! {
+                ev = reg.next() => ev,
+                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
+            };
+            match ev {
+                Event::Delete => return Ok(()),
+                Event::Put => continue,
+                Event::Broken => return Err(Error::connection("etcd watch broke")),
+            }
+        }
+    }
+
     /// Watches the queue from `since + 1`: a past start revision is served by etcd's
     /// slower "unsynced" path (up to 100 ms late), which observers can afford.
     ///
