@@ -39,6 +39,7 @@ admin.enableServer=false
 4lw.commands.whitelist=ruok,srvr,stat,mntr
 minSessionTimeout=400
 maxSessionTimeout=60000
+maxClientCnxns=0
 CFG
   ql_log "starting ZooKeeper on 127.0.0.1:$port (data and log in $ZK_DIR)"
   java -Xmx512m -cp "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar" \

@@ -918,10 +918,10 @@ pub async fn election_observe_in_order(h: &dyn Harness) {
     assert_eq!(next_leader(&mut stream).await, None);
 }
 
-/// No herd: with 20 waiters queued, each is woken exactly once — when the node just ahead
+/// No herd: with 100 waiters queued, each is woken exactly once — when the node just ahead
 /// of it goes — however many releases happen before its turn.
 pub async fn one_release_wakes_one_waiter(h: &dyn Harness) {
-    const WAITERS: usize = 20;
+    const WAITERS: usize = 100;
     let name = h.unique_name("herd");
     let observer = client(h).await;
     let holder = client(h).await;
@@ -934,7 +934,6 @@ pub async fn one_release_wakes_one_waiter(h: &dyn Harness) {
         let n = name.clone();
         tasks.push(tokio::spawn(async move {
             let g = hold(&c, &n).await;
-            sleep(Duration::from_millis(5)).await;
             g.release().await.expect("release");
         }));
     }
@@ -944,7 +943,7 @@ pub async fn one_release_wakes_one_waiter(h: &dyn Harness) {
     let wakeups: u64 = waiters.iter().map(|c| c.stats().wakeups).sum();
     let grants: u64 = waiters.iter().map(|c| c.stats().grants).sum();
     assert_eq!(grants, WAITERS as u64);
-    // A herd would wake every remaining waiter on each release: ~WAITERS²/2 wake-ups.
+    // A herd would wake every remaining waiter on each release: ~WAITERS²/2 = 5,000.
     assert_eq!(
         wakeups, WAITERS as u64,
         "{WAITERS} releases woke {wakeups} waiters"

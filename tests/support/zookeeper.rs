@@ -59,7 +59,7 @@ impl ZkEnsemble {
                 "tickTime=200\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={}\n\
                  clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
                  4lw.commands.whitelist=ruok,srvr,stat,mntr\nminSessionTimeout=400\n\
-                 maxSessionTimeout=60000\n",
+                 maxSessionTimeout=60000\nmaxClientCnxns=0\n",
                 sdir.join("data").display(),
                 s.client_port
             );
