@@ -31,18 +31,7 @@ async fn etcdctl_elect_and_queuelock_election_share_one_leader() {
         .expect("etcdctl elect");
     let mut lines = BufReader::new(go.stdout.take().expect("stdout")).lines();
     let observer = Client::connect(&url).await.expect("connect");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = observer.session().await.expect("session");
-        if s.list(&name).await.expect("list").nodes.len() == 2 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "etcdctl never campaigned"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::await_queue_len(&observer, &name, 2).await;
     // etcdctl prints the key and the value once it wins: it must not win yet.
     let early = timeout(Duration::from_millis(500), lines.next_line()).await;
     assert!(early.is_err(), "etcdctl won while queuelock led: {early:?}");

@@ -33,20 +33,6 @@ async fn kazoo_lock_and_queuelock_exclude_each_other_in_queue_order() {
     let b = Client::connect(&url).await.expect("connect");
     let observer = Client::connect(&url).await.expect("connect");
     let name = format!("interop/{}", uuid::Uuid::new_v4().simple());
-    let queue_len = |n: usize| {
-        let (observer, name) = (observer.clone(), name.clone());
-        async move {
-            let s = observer.session().await.expect("session");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while s.list(&name).await.expect("list").nodes.len() != n {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "queue never reached {n}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
 
     // 1. queuelock holds; kazoo queues behind it.
     let ga = a.mutex(&name).expect("name").lock().await.expect("lock");
@@ -60,7 +46,7 @@ async fn kazoo_lock_and_queuelock_exclude_each_other_in_queue_order() {
         .arg(&end)
         .spawn()
         .expect("run kazoo peer");
-    queue_len(2).await;
+    support::await_queue_len(&observer, &name, 2).await;
     // 2. a second queuelock client queues behind kazoo.
     let name_b = name.clone();
     let waiter = tokio::spawn(async move {
@@ -69,7 +55,7 @@ async fn kazoo_lock_and_queuelock_exclude_each_other_in_queue_order() {
         g.release().await.expect("release");
         at
     });
-    queue_len(3).await;
+    support::await_queue_len(&observer, &name, 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         read_ns(&start).is_none(),

@@ -68,6 +68,19 @@ impl Cluster for zookeeper::ZkEnsemble {
     }
 }
 
+/// Waits until the queue of lock `name` holds exactly `n` nodes, seen through `observer`.
+pub async fn await_queue_len(observer: &queuelock::Client, name: &str, n: usize) {
+    let s = observer.session().await.expect("session");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s.list(name).await.expect("list").nodes.len() != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue {name} never reached {n} nodes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

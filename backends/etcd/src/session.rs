@@ -112,6 +112,22 @@ impl EtcdSession {
         Ok(())
     }
 
+    /// Waits on a key watch for the key's deletion, or this session's loss.
+    async fn until_deleted(&self, reg: &mut crate::watch::Registration) -> Result<()> {
+        let mut state = self.state.clone();
+        loop {
+            let ev = tokio::select! {
+                ev = reg.next() => ev,
+                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
+            };
+            match ev {
+                Event::Delete => return Ok(()),
+                Event::Put => continue,
+                Event::Broken => return Err(Error::connection("etcd watch broke")),
+            }
+        }
+    }
+
     /// Maps an error, recognising a lease the server no longer knows.
     fn fail(&self, e: etcd_client::Error) -> Error {
         if e.to_string().contains("lease not found") {
@@ -372,18 +388,7 @@ impl Session for EtcdSession {
                 return Ok(());
             }
         }
-        let mut state = self.state.clone();
-        loop {
-            let ev = tokio::select! {
-                ev = reg.next() => ev,
-                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
-            };
-            match ev {
-                Event::Delete => return Ok(()),
-                Event::Put => continue,
-                Event::Broken => return Err(Error::connection("etcd watch broke")),
-            }
-        }
+        self.until_deleted(&mut reg).await
     }
 
     /// A watch from `since + 1` and no read: the deletion cannot be missed, and etcd's
@@ -400,18 +405,7 @@ impl Session for EtcdSession {
             .watches
             .watch(self.inner.keys.abs(key), false, since as i64 + 1)
             .await?;
-        let mut state = self.state.clone();
-        loop {
-            let ev = tokio::select! {
-                ev = reg.next() => ev,
-                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
-            };
-            match ev {
-                Event::Delete => return Ok(()),
-                Event::Put => continue,
-                Event::Broken => return Err(Error::connection("etcd watch broke")),
-            }
-        }
+        self.until_deleted(&mut reg).await
     }
 
     /// Watches the queue from `since + 1`: a past start revision is served by etcd's
