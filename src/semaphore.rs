@@ -175,6 +175,10 @@ impl Semaphore {
             }
             let keys: Vec<String> = holders.nodes.into_iter().map(|n| n.key).collect();
             queue::any_deleted(&turn, &keys, holders.revision).await?;
+            self.client
+                .counters()
+                .wakeups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -421,7 +421,7 @@ macro_rules! conformance_tests {
             semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch,
             who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock,
             election_one_leader_and_failover, election_observe_in_order,
-            one_release_wakes_one_waiter
+            one_release_wakes_one_waiter, semaphore_release_wakes_few
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -947,5 +947,61 @@ pub async fn one_release_wakes_one_waiter(h: &dyn Harness) {
     assert_eq!(
         wakeups, WAITERS as u64,
         "{WAITERS} releases woke {wakeups} waiters"
+    );
+}
+
+/// No herd on a semaphore either: with 30 waiters behind 3 permits, a waiter is woken at
+/// most twice — once when its predecessor in the line enters, once (as head) when a
+/// holder leaves — so wake-ups stay O(1) per release (a herd would be ~450).
+pub async fn semaphore_release_wakes_few(h: &dyn Harness) {
+    const WAITERS: usize = 30;
+    let name = h.unique_name("semherd");
+    let observer = client(h).await;
+    let mut holders = Vec::new();
+    for _ in 0..3 {
+        let c = client(h).await;
+        holders.push(
+            c.semaphore(&name, 3)
+                .expect("name")
+                .acquire()
+                .await
+                .expect("acquire"),
+        );
+    }
+    let mut waiters = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..WAITERS {
+        let c = client(h).await;
+        waiters.push(c.clone());
+        let n = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = c
+                .semaphore(&n, 3)
+                .expect("name")
+                .acquire()
+                .await
+                .expect("acquire");
+            sleep(Duration::from_millis(2)).await;
+            g.release().await.expect("release");
+        }));
+    }
+    await_queue_len(&observer, &format!("{name}/waiters"), WAITERS).await;
+    for g in holders {
+        g.release().await.expect("release");
+    }
+    join_all(tasks, Duration::from_secs(120)).await;
+    let wakeups: u64 = waiters.iter().map(|c| c.stats().wakeups).sum();
+    let grants: u64 = waiters.iter().map(|c| c.stats().grants).sum();
+    // One grant per acquire: the head of the line (entering the holders is not queued).
+    assert_eq!(grants, WAITERS as u64);
+    println!("semaphore: {WAITERS} waiters, {wakeups} wake-ups");
+    // Every waiter but the first few (a free permit at once) waits at least once.
+    assert!(
+        wakeups >= WAITERS as u64 - 3,
+        "granted without waking: {wakeups}"
+    );
+    assert!(
+        wakeups <= 2 * WAITERS as u64,
+        "{WAITERS} waiters were woken {wakeups} times"
     );
 }
