@@ -1,26 +1,61 @@
 //! # queuelock-zookeeper — the ZooKeeper backend of queuelock
 //!
-//! Implements the queuelock backend contract on ZooKeeper (`zookeeper-client`):
+//! Implements the queuelock backend contract on ZooKeeper (`zookeeper-client` 0.11):
 //!
-//! * a **session** is a ZooKeeper session: `Suspended` while disconnected, `Lost` on
-//!   expiry or close — and, like Curator, once the session timeout has passed since the
-//!   last answer from the server, even before the server says so. A heartbeat keeps a
-//!   conservative deadline ([`queuelock_core::Session::valid_until`]) so that a process
-//!   frozen past its timeout never trusts a stale `Live` when it wakes;
+//! * a **session** is one ZooKeeper session (one client connection), its timeout the
+//!   contract's TTL. State: `Suspended` while disconnected, `Lost` on expiry, close or
+//!   auth failure — and, like Curator, once the session timeout has passed without an
+//!   answer from the server, even before any server says so. A heartbeat keeps that
+//!   deadline (send time of the last answered request + timeout, never later than
+//!   Curator's "disconnected + timeout"), exposed as
+//!   [`queuelock_core::Session::valid_until`], so that a process frozen past its timeout
+//!   never trusts a stale `Live` when it wakes. Closing (or dropping the last handle)
+//!   closes the ZooKeeper session, which removes its ephemeral nodes at once.
+//! * keys are `/`-separated paths under the chroot (`/<chroot>/<key>`); parents are
+//!   created as **container** nodes, so empty lock directories are reaped by the server
+//!   (a parent reaped between our `mkdir` and our create is re-created and the create
+//!   retried).
 //! * queue nodes are **protected ephemeral-sequential** nodes named as Apache Curator
-//!   names them: `_c_<uuid>-lock-<seq>`, `_c_<uuid>-__READ__<seq>`,
-//!   `_c_<uuid>-__WRIT__<seq>`, `_c_<uuid>-latch-<seq>`, `_c_<uuid>-permit-<seq>`, under
-//!   container parents (reaped when empty). Children named by kazoo (`<uuid>__lock__<seq>`,
-//!   `__rlock__`) or plainly (`lock-<seq>`) are ordered by their 10-digit sequence too;
-//!   anything else is ignored with a warning. The create and the children read are sent
-//!   back to back (one round trip). After a connection loss the node is found again by
-//!   its uuid and adopted only if our session owns it;
-//! * fencing token = the node's `czxid`; a waiter watches only its predecessor, with a
-//!   data watch; guarded writes are a `multi` with a `check` of the guard node.
+//!   names them, with the attempt's [`queuelock_core::NodeSpec::id`] as the uuid:
 //!
-//! Tokens of nodes in a listing other than the caller's own are 0 (reading every
-//! child's `czxid` would cost a round trip per wake-up); the holder's own token, which
-//! is what fencing uses, is always exact.
+//!   | kind | name | as in |
+//!   |---|---|---|
+//!   | `Lock` | `_c_<uuid>-lock-<seq>` | Curator `InterProcessMutex` |
+//!   | `Read` | `_c_<uuid>-__READ__<seq>` | Curator `InterProcessReadWriteLock` |
+//!   | `Write` | `_c_<uuid>-__WRIT__<seq>` | Curator `InterProcessReadWriteLock` |
+//!   | `Latch` | `_c_<uuid>-latch-<seq>` | Curator `LeaderLatch` |
+//!   | `Permit` | `_c_<uuid>-permit-<seq>` | queuelock's own (Curator's semaphore has another layout) |
+//!
+//!   Listing orders every child ending in a 10-digit sequence by that sequence, so nodes
+//!   of kazoo (`<uuid>__lock__<seq>`, `<uuid>__rlock__<seq>`) and plain ones
+//!   (`lock-<seq>`) queue with ours; the kind is read from the name (`Unknown`, which
+//!   recipes treat as exclusive, when it says nothing); other children are ignored with
+//!   a warning.
+//! * **create** sends the create and the children read back to back (zookeeper-client
+//!   sends a request when the method is called, and ZooKeeper answers a session's
+//!   requests in order): one round trip, and the listing includes our node. After a
+//!   connection loss (or on a retry of the same attempt) the node is found again by its
+//!   uuid and adopted only if its `ephemeral_owner` is our session.
+//! * **fencing token** = the node's `czxid`, from the create's answer (or, after an
+//!   adoption, from the node's stat). Other nodes in a listing carry token 0: ZooKeeper's
+//!   children read returns names only, and reading each child's stat would cost a round
+//!   trip per wake-up; the recipes only need their own token. The listing's revision is
+//!   the parent's `pzxid`.
+//! * **waiting** sets a *data* watch on the one node waited for (`getData` + watch: it
+//!   cannot leak like an `exists` watch on a missing node, and a missing node resolves
+//!   at once).
+//! * **identity**: a node name carries its attempt's uuid, so it is unique — except when
+//!   a reaped container is re-created and its sequence counter restarts, which can hand
+//!   a retried attempt its old node's exact name. The session remembers the `czxid` of
+//!   each node it created, so `delete` and `guarded` through an old node never touch the
+//!   newer one without costing a round trip; for a node of another session they compare
+//!   the `czxid` read with the node's version.
+//! * **guarded writes** are one `multi`: a `check` of the guard, then the writes (a
+//!   `Put` creates or sets the key, chosen after reading whether it exists, and retried
+//!   on a race).
+//!
+//! Digest credentials (`ZkOptions::digest`) are added to every session; nodes are created
+//! with the open ACL.
 #![forbid(unsafe_code)]
 
 mod error;
@@ -63,6 +98,13 @@ impl ZkOptions {
         self.connect_timeout = Some(d);
         self
     }
+
+    /// Sets digest credentials (`user:password`), added to every session. They never
+    /// appear in `Debug` output or logs.
+    pub fn with_digest(mut self, user_password: impl Into<String>) -> Self {
+        self.digest = Some(user_password.into());
+        self
+    }
 }
 
 /// A ZooKeeper ensemble; every session is its own ZooKeeper session.
@@ -78,6 +120,7 @@ pub(crate) struct Inner {
     pub(crate) options: ZkOptions,
     /// Session id -> the session's credentials (for tests that end a session from
     /// another connection, as ZooKeeper allows).
+    #[cfg_attr(not(feature = "testkit"), allow(dead_code))]
     pub(crate) sessions: StdMutex<
         HashMap<
             i64,
@@ -99,12 +142,16 @@ impl fmt::Debug for ZkBackend {
 }
 
 impl ZkBackend {
-    /// Connects to `hosts` (`h1:2181,h2:2181`) with every path under `chroot` (`""` or
-    /// `/app`, created if missing). Checks the ensemble answers.
+    /// Connects to `hosts` (`h1:2181,h2:2181`) with every path under `chroot` (`""`, `/`
+    /// or `/app/x`; a missing leading `/` is added; created as persistent nodes if
+    /// missing). Checks that the ensemble answers, with a short-lived session.
     ///
-    /// Cancel safety: safe.
+    /// Errors: [`queuelock_core::Error::Config`] for an invalid chroot, a connection
+    /// error when no server answers within the connect timeout.
+    ///
+    /// Cancel safety: safe (a dropped call may leave the chroot created).
     pub async fn connect(hosts: &str, chroot: &str, options: ZkOptions) -> Result<Self> {
-        let chroot = chroot.trim_end_matches('/').to_owned();
+        let chroot = normalize_chroot(chroot)?;
         let backend = ZkBackend {
             inner: Arc::new(Inner {
                 hosts: hosts.to_owned(),
@@ -125,7 +172,9 @@ impl ZkBackend {
         Ok(backend)
     }
 
-    /// The credentials and state of one of this backend's open sessions.
+    /// The credentials and state of one of this backend's open sessions (for tests that
+    /// end a session from another connection).
+    #[cfg(feature = "testkit")]
     pub fn session_info(
         &self,
         id: i64,
@@ -142,6 +191,25 @@ impl ZkBackend {
     }
 }
 
+/// `""` for the root, else `/a/b`: no trailing slash, no empty, `.` or `..` segments.
+fn normalize_chroot(chroot: &str) -> Result<String> {
+    let trimmed = chroot.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let mut out = String::with_capacity(trimmed.len() + 1);
+    for segment in trimmed.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." || segment.contains('\0') {
+            return Err(queuelock_core::Error::Config(format!(
+                "invalid ZooKeeper chroot {chroot:?}: empty, `.` or `..` segment"
+            )));
+        }
+        out.push('/');
+        out.push_str(segment);
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl Backend for ZkBackend {
     fn name(&self) -> &'static str {
@@ -155,6 +223,21 @@ impl Backend for ZkBackend {
         Ok(Arc::new(
             ZkSession::open(self.inner.clone(), options.ttl).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_chroot;
+
+    #[test]
+    fn chroots() {
+        assert_eq!(normalize_chroot("").ok().as_deref(), Some(""));
+        assert_eq!(normalize_chroot("/").ok().as_deref(), Some(""));
+        assert_eq!(normalize_chroot("app").ok().as_deref(), Some("/app"));
+        assert_eq!(normalize_chroot("/app/x/").ok().as_deref(), Some("/app/x"));
+        assert!(normalize_chroot("/a//b").is_err());
+        assert!(normalize_chroot("/a/../b").is_err());
     }
 }
 
@@ -204,22 +287,27 @@ pub mod testkit {
 
         /// Ends the session from another connection with the same credentials, the way
         /// ZooKeeper tests expire sessions; tries again until the session's owner has
-        /// seen it end (the owner may win the reconnection race once or twice).
+        /// seen it end (the owner may win the reconnection race a few times).
         async fn expire(&self, id: SessionId) {
             let (info, mut state) = {
                 let backends = self.handed_out.lock().expect("harness");
                 backends.iter().find_map(|b| b.session_info(id.0 as i64))
             }
             .unwrap_or_else(|| panic!("no session {id} among this harness's backends"));
-            for _ in 0..10 {
+            // The owner reconnects as soon as the server hands its session to the other
+            // connection and may take it back before the close arrives: short attempts.
+            for _ in 0..100 {
                 let other = zookeeper_client::Client::connector()
                     .with_session(info.clone())
-                    .with_connection_timeout(Duration::from_secs(2))
-                    .connect(&self.hosts)
-                    .await;
-                drop(other); // closes the session on the server
+                    .with_connection_timeout(Duration::from_millis(500))
+                    .with_session_timeout(self.ttl())
+                    .with_fail_eagerly()
+                    .connect(&self.hosts);
+                if let Ok(Ok(other)) = tokio::time::timeout(Duration::from_secs(1), other).await {
+                    drop(other); // sends closeSession
+                }
                 let lost = tokio::time::timeout(
-                    Duration::from_secs(3),
+                    Duration::from_millis(300),
                     state.wait_for(|s| *s == queuelock_core::SessionState::Lost),
                 )
                 .await;

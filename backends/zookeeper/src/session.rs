@@ -1,7 +1,8 @@
 //! A session: one ZooKeeper session, and every contract operation on it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -78,7 +79,12 @@ pub(crate) struct ZkSession {
     shared: Arc<Shared>,
     state: watch::Receiver<SessionState>,
     /// Attempt ids whose create was sent: a retry looks for the node before creating.
-    attempted: StdMutex<HashSet<uuid::Uuid>>,
+    attempted: StdMutex<Attempts>,
+    /// Our live nodes (relative key -> `czxid`). A node name is unique per attempt
+    /// (`_c_<uuid>-...`) *unless* a reaped container parent is re-created and its sequence
+    /// counter starts again: then a re-created attempt can get an old node's exact name.
+    /// This map tells the two apart without a round trip (see `delete` and `guarded`).
+    owned: StdMutex<HashMap<String, u64>>,
     /// The newest `mzxid` this session has read per key: a change newer than what the
     /// caller saw is reported at once by `queue_changed`.
     seen: StdMutex<HashMap<String, i64>>,
@@ -91,6 +97,32 @@ impl fmt::Debug for ZkSession {
             .field("id", &format_args!("{:x}", self.id))
             .field("state", &*self.state.borrow())
             .finish()
+    }
+}
+
+/// The ids of recent create attempts, bounded: a retry follows its first try closely, and
+/// forgetting a very old id only costs idempotence for an attempt nobody retries.
+#[derive(Default)]
+struct Attempts {
+    set: HashSet<uuid::Uuid>,
+    order: VecDeque<uuid::Uuid>,
+}
+
+impl Attempts {
+    const MAX: usize = 16_384;
+
+    /// Records `id`; true if it was already there (this is a retry).
+    fn note(&mut self, id: uuid::Uuid) -> bool {
+        if !self.set.insert(id) {
+            return true;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        false
     }
 }
 
@@ -130,7 +162,8 @@ impl ZkSession {
             timeout,
             shared,
             state,
-            attempted: StdMutex::new(HashSet::new()),
+            attempted: StdMutex::new(Attempts::default()),
+            owned: StdMutex::new(HashMap::new()),
             seen: StdMutex::new(HashMap::new()),
             tasks,
         })
@@ -184,12 +217,6 @@ impl ZkSession {
         format!("{}/{rel}", self.inner.chroot)
     }
 
-    fn rel<'a>(&self, abs: &'a str) -> &'a str {
-        abs.strip_prefix(&self.inner.chroot)
-            .map(|p| p.trim_start_matches('/'))
-            .unwrap_or(abs)
-    }
-
     /// A listing from child names; `own` supplies the exact token of our node.
     fn listing(
         &self,
@@ -225,7 +252,9 @@ impl ZkSession {
         }
     }
 
-    /// Our node for `spec` if one exists and our session owns it (after a lost answer).
+    /// Our node for `spec` if one exists and our session owns it (after a lost answer):
+    /// found by the attempt's uuid among the children, adopted only if its
+    /// `ephemeral_owner` is this session.
     async fn find_own(&self, client: &Client, spec: &NodeSpec) -> Result<Option<(String, u64)>> {
         let dir = self.path(&spec.queue);
         let children = match client.list_children(&dir).await {
@@ -240,13 +269,150 @@ impl ZkSession {
                 Ok(Some(stat)) if stat.ephemeral_owner == self.id => {
                     return Ok(Some((format!("{}/{name}", spec.queue), stat.czxid as u64)))
                 }
-                Ok(_) => {}
+                Ok(Some(stat)) => tracing::warn!(
+                    node = %path,
+                    owner = format_args!("{:x}", stat.ephemeral_owner),
+                    "a node carries our attempt's id but another session owns it: not adopted"
+                ),
+                Ok(None) => {}
                 Err(e) => return Err(self.fail(e)),
             }
         }
         Ok(None)
     }
+
+    /// Our node `key` (with `token`) plus a fresh listing of its queue, after `find_own`.
+    async fn adopt(
+        &self,
+        client: &Client,
+        queue: &str,
+        key: String,
+        token: u64,
+    ) -> Result<Created> {
+        let (children, stat) = client
+            .get_children(&self.path(queue))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let listing = self.listing(queue, &children, stat.pzxid, Some((&key, token)));
+        let node = listing
+            .nodes
+            .iter()
+            .find(|n| n.key == key)
+            .cloned()
+            .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+        self.own(&node.key, node.token);
+        Ok(Created { node, listing })
+    }
+
+    /// Records a node of ours.
+    fn own(&self, key: &str, token: u64) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_owned(), token);
+    }
+
+    /// Forgets a node of ours that is gone (only if `token` is the one recorded).
+    fn disown(&self, key: &str, token: u64) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        if owned.get(key).is_some_and(|t| token == 0 || *t == token) {
+            owned.remove(key);
+        }
+    }
+
+    /// The token of our live node at `key`, if we created one there.
+    fn owned_token(&self, key: &str) -> Option<u64> {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+    }
+
+    /// Runs `op` unless the session is lost first (requests sent while disconnected wait
+    /// for a reconnection that may never come; the session's deadline still ends them).
+    async fn until_lost<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let mut state = self.state.clone();
+        tokio::select! {
+            r = op => r,
+            _ = state.wait_for(|s| *s == SessionState::Lost) => Err(self.expired()),
+        }
+    }
+
+    /// Creates `dir` and its missing ancestors as containers.
+    async fn mkdirs(&self, client: &Client, dir: &str) -> Result<()> {
+        if dir.is_empty() || dir == self.inner.chroot {
+            return Ok(());
+        }
+        match client.mkdir(dir, &container()).await {
+            Ok(()) | Err(ZkError::NodeExists) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    async fn create_inner(&self, client: &Client, spec: &NodeSpec) -> Result<Created> {
+        let dir = self.path(&spec.queue);
+        let retry = self
+            .attempted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(spec.id);
+        if retry {
+            if let Some((key, token)) = self.find_own(client, spec).await? {
+                return self.adopt(client, &spec.queue, key, token).await;
+            }
+        }
+        let prefix = format!("{dir}/{}", names::prefix(spec));
+        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        for _ in 0..MAX_RACES {
+            // Both requests are sent now, in this order (zookeeper-client sends when the
+            // method is called, not when the future is polled), and awaited together:
+            // one round trip, and the children read sees our node.
+            let create = client.create(&prefix, &spec.payload, &opts);
+            let children = client.get_children(&dir);
+            let (created, children) = tokio::join!(create, children);
+            match created {
+                Ok((stat, seq)) => {
+                    let key = format!("{}/{}{seq}", spec.queue, names::prefix(spec));
+                    let token = stat.czxid as u64;
+                    self.own(&key, token);
+                    let (children, parent) = children.map_err(|e| self.fail(e))?;
+                    let listing =
+                        self.listing(&spec.queue, &children, parent.pzxid, Some((&key, token)));
+                    let node = listing
+                        .nodes
+                        .iter()
+                        .find(|n| n.key == key)
+                        .cloned()
+                        .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+                    return Ok(Created { node, listing });
+                }
+                Err(ZkError::NoNode) => {
+                    // Parent missing (or reaped as an empty container between our mkdir
+                    // and the create): create it, try again.
+                    self.mkdirs(client, &dir).await?;
+                }
+                Err(ZkError::ConnectionLoss) => {
+                    // The create may or may not have happened: look for it by its uuid.
+                    if let Some((key, token)) = self.find_own(client, spec).await? {
+                        return self.adopt(client, &spec.queue, key, token).await;
+                    }
+                    return Err(Error::connection("ZooKeeper connection lost during create"));
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            message: format!("parent {dir} keeps disappearing"),
+            source: None,
+        })
+    }
 }
+
+/// How often a write is retried when a container parent is reaped under it, or another
+/// writer changes a key between our read and our `multi`.
+const MAX_RACES: usize = 10;
 
 /// Maps ZooKeeper's session states; Lost too once the timeout has passed since the
 /// disconnection, whatever the server has (not yet) said.
@@ -335,90 +501,25 @@ impl Session for ZkSession {
     /// Cancel safety: a dropped call may have created the node; `abandon` removes it.
     async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created> {
         let client = self.client()?;
-        let dir = self.path(&spec.queue);
-        let retry = !self
-            .attempted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(spec.id);
-        if retry {
-            if let Some((key, token)) = self.find_own(&client, spec).await? {
-                let (children, stat) = client.get_children(&dir).await.map_err(|e| self.fail(e))?;
-                let listing = self.listing(&spec.queue, &children, stat.pzxid, Some((&key, token)));
-                let node = listing
-                    .nodes
-                    .iter()
-                    .find(|n| n.key == key)
-                    .cloned()
-                    .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
-                return Ok(Created { node, listing });
-            }
-        }
-        let prefix = format!("{dir}/{}", names::prefix(spec));
-        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
-        for _ in 0..3 {
-            // Sent in this order now; awaited together.
-            let create = client.create(&prefix, &spec.payload, &opts);
-            let children = client.get_children(&dir);
-            let (created, children) = tokio::join!(create, children);
-            match created {
-                Ok((stat, seq)) => {
-                    let (children, parent) = children.map_err(|e| self.fail(e))?;
-                    let key = format!("{}/{}{seq}", spec.queue, names::prefix(spec));
-                    let listing = self.listing(
-                        &spec.queue,
-                        &children,
-                        parent.pzxid,
-                        Some((&key, stat.czxid as u64)),
-                    );
-                    let node = listing
-                        .nodes
-                        .iter()
-                        .find(|n| n.key == key)
-                        .cloned()
-                        .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
-                    return Ok(Created { node, listing });
-                }
-                Err(ZkError::NoNode) => {
-                    // Parent missing (or reaped as an empty container): create, try again.
-                    match client.mkdir(&dir, &container()).await {
-                        Ok(()) | Err(ZkError::NodeExists) => {}
-                        Err(e) => return Err(self.fail(e)),
-                    }
-                }
-                Err(ZkError::ConnectionLoss) => {
-                    if let Some((key, token)) = self.find_own(&client, spec).await? {
-                        let (children, stat) =
-                            client.get_children(&dir).await.map_err(|e| self.fail(e))?;
-                        let listing =
-                            self.listing(&spec.queue, &children, stat.pzxid, Some((&key, token)));
-                        if let Some(node) = listing.nodes.iter().find(|n| n.key == key).cloned() {
-                            return Ok(Created { node, listing });
-                        }
-                    }
-                    return Err(Error::connection("ZooKeeper connection lost during create"));
-                }
-                Err(e) => return Err(self.fail(e)),
-            }
-        }
-        Err(Error::Backend {
-            backend: "zookeeper",
-            message: format!("parent {dir} keeps disappearing"),
-            source: None,
-        })
+        self.until_lost(self.create_inner(&client, spec)).await
     }
 
-    /// Cancel safety: safe. ZooKeeper orders one session's requests, so a create sent
-    /// before this cannot land after it.
+    /// Finds the attempt's node by its uuid (owned by this session) and deletes it.
+    ///
+    /// Cancel safety: safe; call again to finish. ZooKeeper executes one session's
+    /// requests in order, so a create sent before this call cannot land after it.
     async fn abandon(&self, spec: &NodeSpec) -> Result<()> {
         let client = self.client()?;
-        if let Some((key, _)) = self.find_own(&client, spec).await? {
-            match client.delete(&self.path(&key), None).await {
-                Ok(()) | Err(ZkError::NoNode) => {}
-                Err(e) => return Err(self.fail(e)),
+        self.until_lost(async {
+            if let Some((key, token)) = self.find_own(&client, spec).await? {
+                match client.delete(&self.path(&key), None).await {
+                    Ok(()) | Err(ZkError::NoNode) => self.disown(&key, token),
+                    Err(e) => return Err(self.fail(e)),
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Cancel safety: safe (read only).
@@ -431,35 +532,39 @@ impl Session for ZkSession {
         }
     }
 
-    /// A data watch on the key (it cannot leak like an `exists` watch on a missing node).
+    /// A data watch on the key (it cannot leak like an `exists` watch on a missing node);
+    /// `NoNode` resolves at once. `since` is not needed: the watch is set atomically with
+    /// the read that shows the node still exists.
     ///
-    /// Cancel safety: safe.
+    /// Cancel safety: safe; dropping it removes the watcher.
     async fn deleted(&self, key: &str, _since: u64) -> Result<()> {
         let client = self.client()?;
         let path = self.path(key);
-        let mut state = self.state.clone();
-        loop {
-            let watcher = match client.get_and_watch_data(&path).await {
-                Ok((_, _, w)) => w,
-                Err(ZkError::NoNode) => return Ok(()),
-                Err(e) => return Err(self.fail(e)),
-            };
-            let event = tokio::select! {
-                e = watcher.changed() => e,
-                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
-            };
-            match event.event_type {
-                EventType::NodeDeleted => return Ok(()),
-                EventType::Session => {
-                    return Err(match event.session_state {
-                        zookeeper_client::SessionState::Expired
-                        | zookeeper_client::SessionState::Closed => self.expired(),
-                        _ => Error::connection("ZooKeeper watch interrupted"),
-                    })
+        self.until_lost(async {
+            loop {
+                let watcher = match client.get_and_watch_data(&path).await {
+                    Ok((_, _, w)) => w,
+                    Err(ZkError::NoNode) => return Ok(()),
+                    Err(e) => return Err(self.fail(e)),
+                };
+                let event = watcher.changed().await;
+                match event.event_type {
+                    EventType::NodeDeleted => return Ok(()),
+                    EventType::Session => {
+                        return Err(match event.session_state {
+                            zookeeper_client::SessionState::Expired
+                            | zookeeper_client::SessionState::Closed => {
+                                self.shared.set(SessionState::Lost);
+                                self.expired()
+                            }
+                            _ => Error::connection("ZooKeeper watch interrupted"),
+                        })
+                    }
+                    _ => continue, // data changed: watch again
                 }
-                _ => continue, // data changed: watch again
             }
-        }
+        })
+        .await
     }
 
     /// Watches the children and the head's data. Fires at once if the children changed
@@ -474,12 +579,16 @@ impl Session for ZkSession {
             Ok(v) => v,
             Err(ZkError::NoNode) => {
                 // No queue yet: wait for it to appear.
-                let (_, w) = client
-                    .check_and_watch_stat(&dir)
-                    .await
-                    .map_err(|e| self.fail(e))?;
-                w.changed().await;
-                return Ok(());
+                return self
+                    .until_lost(async {
+                        let (_, w) = client
+                            .check_and_watch_stat(&dir)
+                            .await
+                            .map_err(|e| self.fail(e))?;
+                        w.changed().await;
+                        Ok(())
+                    })
+                    .await;
             }
             Err(e) => return Err(self.fail(e)),
         };
@@ -544,49 +653,90 @@ impl Session for ZkSession {
         Ok(*self.state.borrow())
     }
 
-    /// Deletes the exact node (its name is unique to one attempt); gone is fine.
+    /// Deletes the exact node; gone is fine. A node of ours is deleted by name in one
+    /// request, unless this session has since created a *newer* node under the same name
+    /// (possible only after its container parent was reaped and re-created), which is
+    /// then left alone. Anyone else's node is deleted only if its `czxid` is the node's
+    /// token, with the version read together with it.
     ///
-    /// Cancel safety: a dropped call may still delete.
+    /// Cancel safety: a dropped call may still delete; call again to be sure.
     async fn delete(&self, node: &Node) -> Result<()> {
         let client = self.client()?;
-        match client.delete(&self.path(&node.key), None).await {
-            Ok(()) | Err(ZkError::NoNode) => Ok(()),
-            Err(e) => Err(self.fail(e)),
+        let path = self.path(&node.key);
+        let mut version = match self.owned_token(&node.key) {
+            Some(t) if node.token != 0 && t != node.token => return Ok(()),
+            Some(_) => None,
+            None if node.token == 0 => None,
+            None => match client.check_stat(&path).await {
+                Ok(Some(stat)) if stat.czxid as u64 == node.token => Some(stat.version),
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(self.fail(e)),
+            },
+        };
+        for _ in 0..MAX_RACES {
+            match client.delete(&path, version).await {
+                Ok(()) | Err(ZkError::NoNode) => {
+                    self.disown(&node.key, node.token);
+                    return Ok(());
+                }
+                // Someone changed the payload between our read and the delete: read again.
+                Err(ZkError::BadVersion) => match client.check_stat(&path).await {
+                    Ok(Some(stat)) if stat.czxid as u64 == node.token => {
+                        version = Some(stat.version)
+                    }
+                    Ok(_) => return Ok(()),
+                    Err(e) => return Err(self.fail(e)),
+                },
+                Err(e) => return Err(self.fail(e)),
+            }
         }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            message: format!("{path} kept changing while we deleted it"),
+            source: None,
+        })
     }
 
-    /// A `multi`: a check of the guard node, then the writes.
+    /// A `multi`: a check of the guard node, then the writes. A `Put` on a key that does
+    /// not exist creates it (persistent, parents as containers); on an existing key (or
+    /// the guard's own key) it sets the data: ZooKeeper's `multi` cannot "create or
+    /// update", so existence is read first and the batch retried on a race.
     ///
     /// Cancel safety: the batch is applied entirely or not at all.
     async fn guarded(&self, guard: &Node, ops: &[Op]) -> Result<()> {
         let client = self.client()?;
         let guard_path = self.path(&guard.key);
-        // ZooKeeper's multi cannot "create or update": look first, and try again if
-        // someone else changed a key in between.
-        for _ in 0..5 {
+        for _ in 0..MAX_RACES {
+            // The guard's identity: ours by name (one request), anyone else's by czxid.
+            let guard_version = match self.owned_token(&guard.key) {
+                Some(t) if guard.token != 0 && t != guard.token => {
+                    return Err(Error::LockLost(LossReason::NodeDeleted))
+                }
+                Some(_) => -1,
+                None => match client.check_stat(&guard_path).await {
+                    Ok(Some(stat)) if guard.token == 0 || stat.czxid as u64 == guard.token => {
+                        stat.version
+                    }
+                    Ok(_) => return Err(Error::LockLost(LossReason::NodeDeleted)),
+                    Err(e) => return Err(self.fail(e)),
+                },
+            };
             let mut plan = Vec::with_capacity(ops.len());
             for op in ops {
                 match op {
                     Op::Put { key, value } => {
                         let path = self.path(key);
-                        let exists = if path == guard_path {
-                            true
-                        } else {
-                            let exists = client
+                        let exists = path == guard_path
+                            || client
                                 .check_stat(&path)
                                 .await
                                 .map_err(|e| self.fail(e))?
                                 .is_some();
-                            if !exists {
-                                if let Some((parent, _)) = path.rsplit_once('/') {
-                                    match client.mkdir(parent, &container()).await {
-                                        Ok(()) | Err(ZkError::NodeExists) => {}
-                                        Err(e) => return Err(self.fail(e)),
-                                    }
-                                }
+                        if !exists {
+                            if let Some((parent, _)) = path.rsplit_once('/') {
+                                self.mkdirs(&client, parent).await?;
                             }
-                            exists
-                        };
+                        }
                         plan.push((path, Some(value.clone()), exists));
                     }
                     Op::Delete { key } => {
@@ -612,7 +762,7 @@ impl Session for ZkSession {
             let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
             let mut multi = client.new_multi_writer();
             let add = (|| -> std::result::Result<(), ZkError> {
-                multi.add_check_version(&guard_path, -1)?;
+                multi.add_check_version(&guard_path, guard_version)?;
                 for (path, value, exists) in &plan {
                     match (value, exists) {
                         (Some(v), true) => multi.add_set_data(path, v, None)?,
@@ -625,13 +775,17 @@ impl Session for ZkSession {
             add.map_err(|e| self.fail(e))?;
             match multi.commit().await {
                 Ok(_) => return Ok(()),
+                Err(zookeeper_client::MultiWriteError::OperationFailed {
+                    index: 0,
+                    source: ZkError::BadVersion,
+                }) => continue, // the guard's payload changed under us: read it again
                 Err(zookeeper_client::MultiWriteError::OperationFailed { index: 0, .. }) => {
                     return Err(Error::LockLost(LossReason::NodeDeleted))
                 }
                 Err(zookeeper_client::MultiWriteError::OperationFailed {
                     source: ZkError::NodeExists | ZkError::NoNode,
                     ..
-                }) => continue, // raced with another writer: look again
+                }) => continue, // raced with another writer or a reaper: look again
                 Err(zookeeper_client::MultiWriteError::OperationFailed { source, .. })
                 | Err(zookeeper_client::MultiWriteError::RequestFailed { source }) => {
                     return Err(self.fail(source))
@@ -671,61 +825,87 @@ impl Session for ZkSession {
         }
     }
 
+    /// Creates a persistent node (parents as containers); `NodeExists` returns the
+    /// existing data.
+    ///
     /// Cancel safety: a dropped call may still create the key.
     async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Option<Vec<u8>>> {
         let client = self.client()?;
         let path = self.path(key);
-        if let Some((parent, _)) = path.rsplit_once('/') {
-            match client.mkdir(parent, &container()).await {
-                Ok(()) | Err(ZkError::NodeExists) => {}
+        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        for _ in 0..MAX_RACES {
+            match client.create(&path, value, &opts).await {
+                Ok(_) => return Ok(None),
+                Err(ZkError::NodeExists) => match client.get_data(&path).await {
+                    Ok((data, _)) => return Ok(Some(data)),
+                    Err(ZkError::NoNode) => continue, // deleted in between: try again
+                    Err(e) => return Err(self.fail(e)),
+                },
+                Err(ZkError::NoNode) => {
+                    if let Some((parent, _)) = path.rsplit_once('/') {
+                        self.mkdirs(&client, parent).await?;
+                    }
+                }
                 Err(e) => return Err(self.fail(e)),
             }
         }
-        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
-        match client.create(&path, value, &opts).await {
-            Ok(_) => Ok(None),
-            Err(ZkError::NodeExists) => match client.get_data(&path).await {
-                Ok((data, _)) => Ok(Some(data)),
-                Err(e) => Err(self.fail(e)),
-            },
-            Err(e) => Err(self.fail(e)),
-        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            message: format!("parent of {path} keeps disappearing"),
+            source: None,
+        })
     }
 
-    /// Closes the ZooKeeper session: its ephemeral nodes go at once.
+    /// Closes the ZooKeeper session: its ephemeral nodes go at once. The state becomes
+    /// `Lost` first, so that this session's pending watches end and let go of the
+    /// connection; returns once the server has closed the session (or after 10 s).
     ///
-    /// Cancel safety: safe; the session closes when the client is dropped.
+    /// Cancel safety: safe; the session closes when the last client handle is dropped.
     async fn close(&self) -> Result<()> {
+        self.shared.set(SessionState::Lost);
         let client = self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
         for t in &self.tasks {
             t.abort();
         }
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).clear();
         if let Some(c) = client {
             let mut watcher = c.state_watcher();
             drop(c);
             // Wait for the close to reach the server, so the nodes are gone on return.
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let closed = tokio::time::timeout(Duration::from_secs(10), async {
                 loop {
-                    if matches!(
-                        watcher.changed().await,
-                        zookeeper_client::SessionState::Closed
-                            | zookeeper_client::SessionState::Expired
-                    ) {
+                    if watcher.changed().await.is_terminated() {
                         break;
                     }
                 }
             })
             .await;
+            if closed.is_err() {
+                tracing::warn!(
+                    session = format_args!("{:x}", self.id),
+                    "ZooKeeper session not closed within 10 s; it expires after its timeout"
+                );
+            }
         }
-        self.shared.set(SessionState::Lost);
         Ok(())
     }
 }
 
-impl ZkSession {
-    /// Used by `rel` in tests of key mapping.
-    #[allow(dead_code)]
-    fn rel_key<'a>(&self, abs: &'a str) -> &'a str {
-        self.rel(abs)
+#[cfg(test)]
+mod tests {
+    use super::Attempts;
+
+    #[test]
+    fn attempts_are_bounded_and_remember_recent_ids() {
+        let mut a = Attempts::default();
+        let first = uuid::Uuid::new_v4();
+        assert!(!a.note(first));
+        assert!(a.note(first), "a retry is recognised");
+        for _ in 0..Attempts::MAX {
+            a.note(uuid::Uuid::new_v4());
+        }
+        assert_eq!(a.set.len(), Attempts::MAX);
+        assert_eq!(a.order.len(), Attempts::MAX);
+        assert!(!a.note(first), "the oldest id is forgotten");
     }
 }
