@@ -421,7 +421,8 @@ macro_rules! conformance_tests {
             semaphore_bound, semaphore_fifo_and_holder_death, semaphore_permit_mismatch,
             who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock,
             election_one_leader_and_failover, election_observe_in_order,
-            one_release_wakes_one_waiter, semaphore_release_wakes_few
+            one_release_wakes_one_waiter, semaphore_release_wakes_few,
+            release_over_a_stalled_link
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1004,4 +1005,45 @@ pub async fn semaphore_release_wakes_few(h: &dyn Harness) {
         wakeups <= 2 * WAITERS as u64,
         "{WAITERS} waiters were woken {wakeups} times"
     );
+}
+
+/// A release issued while the holder's link to the store is stalled — long enough for
+/// the client library to give up on its request, not long enough to end the session —
+/// and lost with the broken connection still removes the node once the link heals: the queue moves on and nothing is left.
+/// (Regression: on ZooKeeper the give-up error ended `release()` early, the node stayed
+/// while the session lived on, and every waiter hung behind it — found by the Jepsen
+/// test's blackhole fault.)
+pub async fn release_over_a_stalled_link(h: &dyn Harness) {
+    let name = h.unique_name("stalled-release");
+    let (backend, link) = h.backend_with_link().await;
+    let holder = Client::new(backend, ClientOptions::default().with_ttl(h.ttl()));
+    let g = hold(&holder, &name).await;
+    let waiter = client(h).await;
+    let next = {
+        let (waiter, name) = (waiter.clone(), name.clone());
+        tokio::spawn(async move { hold(&waiter, &name).await.release().await })
+    };
+    let observer = client(h).await;
+    await_queue_len(&observer, &name, 2).await;
+    link.stall();
+    let release = tokio::spawn(async move { g.release().await });
+    // ZooKeeper's client gives up on a silent connection after 2/5 of the session
+    // timeout; the session itself survives the whole TTL. The old connection then
+    // breaks with the request undelivered, and the client reconnects.
+    sleep(h.ttl() * 3 / 5).await;
+    link.cut();
+    sleep(Duration::from_millis(100)).await;
+    link.heal();
+    // Released (or, if the session did not survive, lost): either way, not stuck.
+    let _ = timeout(EVENTUALLY, release)
+        .await
+        .expect("release() hung")
+        .expect("release task");
+    timeout(EVENTUALLY, next)
+        .await
+        .expect("the waiter never got the lock after the holder's release")
+        .expect("waiter task")
+        .expect("waiter release");
+    await_queue_len(&observer, &name, 0).await;
+    holder.close().await.ok();
 }

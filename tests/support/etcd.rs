@@ -121,6 +121,25 @@ impl EtcdCluster {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Revokes the lease that owns queue node `key` (`.../<lease hex>-<kind>-<uuid>`), as
+    /// `etcdctl lease revoke` would; returns the lease.
+    pub fn revoke_lease_of(&self, key: &str) -> Result<String, String> {
+        let last = key.rsplit('/').next().unwrap_or(key);
+        let lease = last
+            .split('-')
+            .next()
+            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()))
+            .ok_or_else(|| format!("no lease in key {key}"))?;
+        let eps: Vec<String> = self
+            .alive()
+            .into_iter()
+            .map(|i| self.endpoints()[i].clone())
+            .collect();
+        self.etcdctl(&eps, &["lease", "revoke", lease])
+            .map(|_| lease.to_owned())
+            .ok_or_else(|| format!("etcdctl lease revoke {lease} failed"))
+    }
+
     fn alive(&self) -> Vec<usize> {
         (0..self.members.len())
             .filter(|&i| self.members[i].process.is_some())

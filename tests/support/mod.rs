@@ -24,6 +24,13 @@ pub trait Cluster {
     fn wait_ready(&self);
     /// The option name for the session TTL in URLs.
     fn ttl_option(&self) -> &'static str;
+    /// The URL scheme (`etcd` or `zk`).
+    fn scheme(&self) -> &'static str;
+    /// `host:port` of every member's client port.
+    fn client_addrs(&self) -> Vec<String>;
+    /// Ends, from the server side, the session that owns the queue node `key` (as an
+    /// operator would); `Err` says why the backend cannot.
+    fn admin_expire(&self, key: &str) -> Result<String, String>;
 }
 
 impl Cluster for etcd::EtcdCluster {
@@ -45,6 +52,15 @@ impl Cluster for etcd::EtcdCluster {
     fn ttl_option(&self) -> &'static str {
         "ttl"
     }
+    fn scheme(&self) -> &'static str {
+        "etcd"
+    }
+    fn client_addrs(&self) -> Vec<String> {
+        self.endpoints()
+    }
+    fn admin_expire(&self, key: &str) -> Result<String, String> {
+        etcd::EtcdCluster::revoke_lease_of(self, key)
+    }
 }
 
 impl Cluster for zookeeper::ZkEnsemble {
@@ -65,6 +81,17 @@ impl Cluster for zookeeper::ZkEnsemble {
     }
     fn ttl_option(&self) -> &'static str {
         "session_timeout"
+    }
+    fn scheme(&self) -> &'static str {
+        "zk"
+    }
+    fn client_addrs(&self) -> Vec<String> {
+        self.hosts().split(',').map(str::to_owned).collect()
+    }
+    fn admin_expire(&self, _key: &str) -> Result<String, String> {
+        // closeSession needs the session's password, which only its owner holds: there
+        // is no operator command for it in ZooKeeper 3.8.
+        Err("ZooKeeper has no administrative session expiry".into())
     }
 }
 

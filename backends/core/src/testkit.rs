@@ -22,6 +22,10 @@ pub trait Harness: Send + Sync + 'static {
     /// another connection). Returns once the server has dropped the session.
     async fn expire(&self, id: SessionId);
 
+    /// A backend like [`Harness::backend`] whose link to the store the test can break
+    /// and heal, returned with it. Keep the link alive as long as the backend.
+    async fn backend_with_link(&self) -> (Arc<dyn Backend>, Box<dyn Link>);
+
     /// The session TTL tests should use: short, so expiry tests finish quickly.
     fn ttl(&self) -> Duration;
 
@@ -31,4 +35,17 @@ pub trait Harness: Send + Sync + 'static {
     }
 }
 
+/// A backend's link to its store, as a test breaks it.
+pub trait Link: Send + Sync {
+    /// Nothing moves between the backend and the store: requests and answers wait,
+    /// connections stay open (a partition TCP has not given up on yet).
+    fn stall(&self);
+    /// Every open connection breaks, with whatever it had not delivered, and new ones
+    /// fail (a partition TCP gave up on, a crashed middlebox).
+    fn cut(&self);
+    /// Everything moves again.
+    fn heal(&self);
+}
+
 pub mod contract;
+pub mod proxy;

@@ -164,7 +164,8 @@ pub mod testkit {
     use std::time::Duration;
 
     use async_trait::async_trait;
-    use queuelock_core::testkit::Harness;
+    use queuelock_core::testkit::proxy::Proxy;
+    use queuelock_core::testkit::{Harness, Link};
     use queuelock_core::{Backend, SessionId};
 
     use crate::{EtcdBackend, EtcdOptions};
@@ -196,6 +197,14 @@ pub mod testkit {
 
     #[async_trait]
     impl Harness for EtcdHarness {
+        async fn backend_with_link(&self) -> (Arc<dyn Backend>, Box<dyn Link>) {
+            let proxy = Proxy::start(self.endpoint.clone()).await;
+            let b = EtcdBackend::connect(&[&proxy.addr], &self.prefix, EtcdOptions::default())
+                .await
+                .expect("connect to the test etcd through a proxy");
+            (Arc::new(b), Box::new(proxy))
+        }
+
         async fn backend(&self) -> Arc<dyn Backend> {
             Arc::new(
                 EtcdBackend::connect(&[&self.endpoint], &self.prefix, EtcdOptions::default())

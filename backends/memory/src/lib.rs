@@ -36,8 +36,10 @@ pub mod testkit {
     use std::time::Duration;
 
     use async_trait::async_trait;
-    use queuelock_core::testkit::Harness;
-    use queuelock_core::{Backend, SessionId};
+    use std::sync::Mutex as StdMutex;
+
+    use queuelock_core::testkit::{Harness, Link};
+    use queuelock_core::{Backend, Result, Session, SessionId, SessionOptions};
 
     use crate::MemoryBackend;
 
@@ -45,10 +47,75 @@ pub mod testkit {
     #[derive(Clone, Debug, Default)]
     pub struct MemoryHarness(pub MemoryBackend);
 
+    /// A backend on the harness's store that remembers the sessions it opened, so that
+    /// its [`Link`] can cut exactly those.
+    #[derive(Debug)]
+    struct Linked {
+        store: MemoryBackend,
+        sessions: Arc<StdMutex<Vec<SessionId>>>,
+    }
+
+    #[async_trait]
+    impl Backend for Linked {
+        fn name(&self) -> &'static str {
+            "memory"
+        }
+
+        async fn open_session(&self, options: &SessionOptions) -> Result<Arc<dyn Session>> {
+            let s = self.store.open_session(options).await?;
+            self.sessions.lock().expect("sessions").push(s.id());
+            Ok(s)
+        }
+    }
+
+    /// The in-process store has no wire: a stalled or cut link is a suspended session
+    /// (its operations fail with a connection error, its watches wait, keep-alives stop).
+    struct MemoryLink {
+        store: MemoryBackend,
+        sessions: Arc<StdMutex<Vec<SessionId>>>,
+    }
+
+    impl MemoryLink {
+        fn each(&self, f: impl Fn(SessionId)) {
+            for &id in self.sessions.lock().expect("sessions").iter() {
+                f(id);
+            }
+        }
+    }
+
+    impl Link for MemoryLink {
+        fn stall(&self) {
+            self.each(|id| {
+                self.store.suspend_session(id);
+            });
+        }
+        fn cut(&self) {
+            self.stall();
+        }
+        fn heal(&self) {
+            self.each(|id| {
+                self.store.resume_session(id);
+            });
+        }
+    }
+
     #[async_trait]
     impl Harness for MemoryHarness {
         async fn backend(&self) -> Arc<dyn Backend> {
             Arc::new(self.0.clone())
+        }
+
+        async fn backend_with_link(&self) -> (Arc<dyn Backend>, Box<dyn Link>) {
+            let sessions = Arc::new(StdMutex::new(Vec::new()));
+            let backend = Linked {
+                store: self.0.clone(),
+                sessions: sessions.clone(),
+            };
+            let link = MemoryLink {
+                store: self.0.clone(),
+                sessions,
+            };
+            (Arc::new(backend), Box::new(link))
         }
 
         async fn expire(&self, id: SessionId) {

@@ -8,12 +8,19 @@ use zookeeper_client::Error as ZkError;
 pub fn map_error(e: ZkError) -> Error {
     let message = e.to_string();
     match e {
-        ZkError::ConnectionLoss | ZkError::Timeout | ZkError::NoHosts | ZkError::Throttled => {
-            Error::Connection {
-                message,
-                source: Some(Box::new(e)),
-            }
-        }
+        // `Custom` is what zookeeper-client fails in-flight requests with when it gives
+        // up on a connection ("no response from connection in ...ms", I/O errors): the
+        // outcome is unknown, exactly like ConnectionLoss, and must be retried. As a
+        // plain backend error it once ended a release early and left the node behind
+        // while the session lived on, stalling the queue (found by tests/jepsen).
+        ZkError::ConnectionLoss
+        | ZkError::Timeout
+        | ZkError::NoHosts
+        | ZkError::Throttled
+        | ZkError::Custom(_) => Error::Connection {
+            message,
+            source: Some(Box::new(e)),
+        },
         ZkError::SessionExpired | ZkError::SessionMoved | ZkError::ClientClosed => {
             Error::SessionExpired(queuelock_core::SessionId(0))
         }

@@ -250,7 +250,8 @@ pub mod testkit {
     use std::time::Duration;
 
     use async_trait::async_trait;
-    use queuelock_core::testkit::Harness;
+    use queuelock_core::testkit::proxy::Proxy;
+    use queuelock_core::testkit::{Harness, Link};
     use queuelock_core::{Backend, SessionId};
 
     use crate::{ZkBackend, ZkOptions};
@@ -277,6 +278,15 @@ pub mod testkit {
 
     #[async_trait]
     impl Harness for ZkHarness {
+        async fn backend_with_link(&self) -> (Arc<dyn Backend>, Box<dyn Link>) {
+            let proxy = Proxy::start(self.hosts.clone()).await;
+            let b = ZkBackend::connect(&proxy.addr, "/queuelock-tests", ZkOptions::default())
+                .await
+                .expect("connect to the test ZooKeeper through a proxy");
+            self.handed_out.lock().expect("harness").push(b.clone());
+            (Arc::new(b), Box::new(proxy))
+        }
+
         async fn backend(&self) -> Arc<dyn Backend> {
             let b = ZkBackend::connect(&self.hosts, "/queuelock-tests", ZkOptions::default())
                 .await

@@ -1,0 +1,568 @@
+//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters.
+//!
+//! K worker processes (this binary re-run, each with its own session) loop: acquire the
+//! lock → fenced read of a register → fenced write of value+1 → release, logging every
+//! step with times from the system-wide monotonic clock. A nemesis breaks things
+//! meanwhile (kill -9 of the cluster leader, SIGSTOP of a worker past its TTL, a TCP
+//! proxy per worker that drops, blackholes or delays its links, and on etcd an operator
+//! revoking the holder's lease). Afterwards a checker reads the whole history (see
+//! `checker.rs` for what it demands) and writes a summary; any violation fails the run
+//! and prints the slice of history around it.
+//!
+//! `cargo test --test jepsen` runs both backends for 2 minutes each. For a long run:
+//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper]
+//! [--workers 5] [--ttl 4s] [--seed N] [--out DIR]` (or `scripts/jepsen`, which also
+//! installs the servers).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod checker;
+mod history;
+mod nemesis;
+mod register;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use queuelock::backend::testkit::proxy::Proxy;
+use queuelock::Client;
+use support::etcd::EtcdCluster;
+use support::zookeeper::ZkEnsemble;
+use support::Cluster;
+
+use crate::checker::{check, Run, Verdict};
+use crate::history::{now_us, read_lines, Event, Fault};
+use crate::nemesis::Nemesis;
+use crate::register::Register;
+use crate::worker::WorkerArgs;
+
+const ROLE: &str = "QUEUELOCK_JEPSEN_ROLE";
+
+struct Options {
+    backends: Vec<&'static str>,
+    duration: Duration,
+    workers: usize,
+    ttl: Duration,
+    seed: u64,
+    out: PathBuf,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!(
+        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|all] [--duration 2m] \
+         [--workers 5] [--ttl 4s] [--seed N] [--out DIR]"
+    );
+    std::process::exit(2)
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        backends: vec!["etcd", "zookeeper"],
+        duration: Duration::from_secs(120),
+        workers: 5,
+        ttl: Duration::from_secs(4),
+        seed: rand::random(),
+        out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jepsen"),
+    };
+    if let Ok(d) = std::env::var("QUEUELOCK_JEPSEN_DURATION") {
+        o.duration = humantime::parse_duration(&d)
+            .unwrap_or_else(|e| usage(&format!("QUEUELOCK_JEPSEN_DURATION {d:?}: {e}")));
+    }
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
+        };
+        match a.as_str() {
+            "--backend" => {
+                o.backends = match value("--backend").as_str() {
+                    "etcd" => vec!["etcd"],
+                    "zookeeper" | "zk" => vec!["zookeeper"],
+                    "all" => vec!["etcd", "zookeeper"],
+                    other => usage(&format!("unknown backend {other:?}")),
+                }
+            }
+            "--duration" | "--ttl" => {
+                let v = value(&a);
+                let d = humantime::parse_duration(&v)
+                    .unwrap_or_else(|e| usage(&format!("{a} {v:?}: {e}")));
+                if a == "--ttl" {
+                    o.ttl = d;
+                } else {
+                    o.duration = d;
+                }
+            }
+            "--workers" => {
+                let v = value(&a);
+                o.workers = v
+                    .parse()
+                    .ok()
+                    .filter(|&n| (2..=64).contains(&n))
+                    .unwrap_or_else(|| usage(&format!("--workers {v:?}: a number from 2 to 64")));
+            }
+            "--seed" => {
+                let v = value(&a);
+                o.seed = v
+                    .parse()
+                    .unwrap_or_else(|_| usage(&format!("--seed {v:?}: a number")));
+            }
+            "--out" => o.out = value(&a).into(),
+            // What `cargo test` may pass every test binary.
+            "--nocapture" | "--quiet" | "-q" | "--show-output" | "--include-ignored" => {}
+            s if s.starts_with("--test-threads") || s.starts_with("--color") => {}
+            other => usage(&format!("unknown argument {other:?}")),
+        }
+    }
+    o
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,zookeeper_client=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if std::env::var(ROLE).as_deref() == Ok("worker") {
+        rt.block_on(worker::run(WorkerArgs::from_env()));
+        return;
+    }
+    let o = options();
+    checker_self_test();
+    println!("checker self-test ... ok (it flags planted violations)");
+    let mut failed = false;
+    for backend in &o.backends {
+        let verdict = rt.block_on(run_backend(backend, &o));
+        failed |= !verdict.violations.is_empty();
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
+    let started = Instant::now();
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let dir = o.out.join(format!("{backend}-{stamp}"));
+    std::fs::create_dir_all(&dir).expect("output dir");
+    println!(
+        "jepsen {backend}: {} workers, {:?}, ttl {:?}, seed {}; history in {}",
+        o.workers,
+        o.duration,
+        o.ttl,
+        o.seed,
+        dir.display()
+    );
+    let cluster: Box<dyn Cluster + Send> = tokio::task::block_in_place(|| match backend {
+        "etcd" => Box::new(EtcdCluster::start(3)) as Box<dyn Cluster + Send>,
+        _ => Box::new(ZkEnsemble::start(3)),
+    });
+    let register = Register::start().await;
+    let root = format!("jepsen-{}", uuid::Uuid::new_v4().simple());
+    let lock = "register".to_owned();
+    let ttl_q = format!("{}={}ms", cluster.ttl_option(), o.ttl.as_millis());
+    let direct = Client::connect(&cluster.url(&root, &ttl_q))
+        .await
+        .expect("connect the checker's own client");
+
+    let stop_at = now_us() + o.duration.as_micros() as u64;
+    let mut proxies = Vec::new();
+    let mut children: Vec<Child> = Vec::new();
+    for w in 0..o.workers {
+        let mut mine = Vec::new();
+        for m in cluster.client_addrs() {
+            mine.push(Proxy::start(m).await);
+        }
+        let hosts: Vec<String> = mine.iter().map(|p: &Proxy| p.addr.clone()).collect();
+        let args = WorkerArgs {
+            w,
+            url: format!(
+                "{}://{}/{root}?{ttl_q}&label=jepsen-{w}",
+                cluster.scheme(),
+                hosts.join(",")
+            ),
+            lock: lock.clone(),
+            register: register.addr.clone(),
+            history: dir.join(format!("w{w}.jsonl")),
+            stop_at,
+            ttl: o.ttl,
+        };
+        let stderr = std::fs::File::create(dir.join(format!("w{w}.log"))).expect("log");
+        children.push(
+            Command::new(std::env::current_exe().expect("exe"))
+                .env(ROLE, "worker")
+                .envs(args.to_env())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("start worker"),
+        );
+        proxies.push(mine);
+    }
+    let pids = children.iter().map(Child::id).collect();
+    let mut nemesis = Nemesis::new(cluster, proxies, pids, o.ttl, o.seed);
+    let hint = || register.last_access();
+    let head = || {
+        let (direct, lock) = (direct.clone(), lock.clone());
+        Box::pin(async move {
+            let s = direct.session().await.ok()?;
+            let listing = s.list(&lock).await.ok()?;
+            listing.nodes.first().map(|n| n.key.clone())
+        }) as futures::future::BoxFuture<'static, Option<String>>
+    };
+    let faults = nemesis.run(stop_at, &hint, &head).await;
+    nemesis.heal();
+
+    // Every worker stops by itself after its current attempt; one that does not is hung.
+    let grace =
+        worker::lock_timeout(o.ttl) + worker::release_timeout(o.ttl) + Duration::from_secs(60);
+    let exits = tokio::task::block_in_place(|| wait_all(&mut children, grace));
+
+    // Sessions closed (or, for a worker that could not close, expired): no node stays.
+    let deadline = Instant::now() + o.ttl * 2 + checker::MARGIN;
+    let leftover = loop {
+        let nodes: Vec<String> = match direct.session().await {
+            Ok(s) => s
+                .list(&lock)
+                .await
+                .map(|l| l.nodes.into_iter().map(|n| n.key).collect())
+                .unwrap_or_else(|e| vec![format!("(cannot list: {e})")]),
+            Err(e) => vec![format!("(no session: {e})")],
+        };
+        if nodes.is_empty() || Instant::now() > deadline {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = direct.close().await;
+
+    let (register_log, register_final) = register.log();
+    let run = Run {
+        workers: (0..o.workers)
+            .map(|w| read_lines::<Event>(&dir.join(format!("w{w}.jsonl"))))
+            .collect(),
+        faults,
+        register: register_log,
+        register_final,
+        exits,
+        leftover,
+        ttl: o.ttl,
+    };
+    write_json(&dir.join("faults.json"), &run.faults);
+    write_json(&dir.join("register.json"), &run.register);
+    let verdict = check(&run);
+    report(
+        backend,
+        o,
+        &dir,
+        &verdict,
+        &nemesis.unavailable,
+        started.elapsed(),
+    );
+    drop(nemesis); // stops the cluster and the proxies
+    verdict
+}
+
+fn wait_all(children: &mut [Child], grace: Duration) -> Vec<Option<i32>> {
+    let deadline = Instant::now() + grace;
+    let mut exits = vec![None; children.len()];
+    loop {
+        let mut running = false;
+        for (i, c) in children.iter_mut().enumerate() {
+            if exits[i].is_none() {
+                match c.try_wait() {
+                    Ok(Some(st)) => exits[i] = Some(st.code().unwrap_or(-1)),
+                    _ => running = true,
+                }
+            }
+        }
+        if !running {
+            return exits;
+        }
+        if Instant::now() > deadline {
+            for (i, c) in children.iter_mut().enumerate() {
+                if exits[i].is_none() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            return exits;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, v: &T) {
+    std::fs::write(path, serde_json::to_vec_pretty(v).expect("json")).expect("write json");
+}
+
+fn report(
+    backend: &str,
+    o: &Options,
+    dir: &Path,
+    v: &Verdict,
+    unavailable: &[(String, String)],
+    took: Duration,
+) {
+    let summary = serde_json::json!({
+        "backend": backend,
+        "workers": o.workers,
+        "duration_s": o.duration.as_secs(),
+        "ttl_ms": o.ttl.as_millis() as u64,
+        "seed": o.seed,
+        "took_s": took.as_secs(),
+        "faults_unavailable": unavailable,
+        "verdict": v,
+    });
+    write_json(&dir.join("summary.json"), &summary);
+    let c = &v.counts;
+    let mut text = format!(
+        "jepsen {backend}: {} s, {} workers, ttl {} ms, seed {}\n\
+         operations: {} attempts, {} grants (per worker {:?}), {} lock timeouts, {} lock errors\n\
+         register: {} reads, {} writes acknowledged, final value {}, {} accesses fenced, {} unreachable\n\
+         losses learned: {}; overlaps explained by a frozen or revoked holder (fenced): {}; unexplained losses: {}\n\
+         faults: {:?}\n\
+         worst loss notice (ms after fault start, or thaw): {:?}\n",
+        o.duration.as_secs(),
+        o.workers,
+        o.ttl.as_millis(),
+        o.seed,
+        c.attempts,
+        c.grants,
+        c.grants_per_worker,
+        c.lock_timeouts,
+        c.lock_errors,
+        c.reads_admitted,
+        c.writes_acknowledged,
+        v.register_final,
+        c.fenced_accesses,
+        c.register_unreachable,
+        c.losses_learned,
+        v.paused_overlaps,
+        v.unexplained_losses.len(),
+        v.faults,
+        v.loss_notice_ms,
+    );
+    for (k, why) in unavailable {
+        text.push_str(&format!("fault not available: {k}: {why}\n"));
+    }
+    text.push_str(&format!("violations: {}\n", v.violations.len()));
+    for viol in &v.violations {
+        text.push_str(&format!("VIOLATION {}: {}\n", viol.kind, viol.detail));
+        for e in &viol.slice {
+            text.push_str(&format!("    {e}\n"));
+        }
+    }
+    std::fs::write(dir.join("summary.txt"), &text).expect("write summary");
+    print!("{text}");
+}
+
+/// The checker must catch what it is there to catch: plant each violation in a small
+/// synthetic history and demand the verdict names it; a clean history must pass.
+fn checker_self_test() {
+    use crate::history::RegisterOp;
+    let s = 1_000_000u64;
+    let grant = |w: usize, op: u64, token: u64, start: u64, end: u64, lost: bool| {
+        let mut v = vec![
+            Event::Invoke {
+                w,
+                op,
+                t: start - 1,
+            },
+            Event::Granted {
+                w,
+                op,
+                t: start,
+                token,
+                session: w as u64 + 100,
+                key: format!("k{w}"),
+            },
+        ];
+        if lost {
+            v.push(Event::Lost {
+                w,
+                op,
+                t: end,
+                reason: "session lost".into(),
+                via: "is_lost".into(),
+            });
+            v.push(Event::Released {
+                w,
+                op,
+                t: end + 1,
+                error: Some("lock lost".into()),
+                timeout: false,
+            });
+        } else {
+            v.push(Event::ReleaseStart { w, op, t: end });
+            v.push(Event::Released {
+                w,
+                op,
+                t: end + 1,
+                error: None,
+                timeout: false,
+            });
+        }
+        v
+    };
+    let done = |w: usize, t: u64| Event::Done { w, t };
+    let write = |t: u64, w: usize, token: u64, value: u64| RegisterOp {
+        t,
+        w,
+        write: true,
+        token,
+        value,
+        admitted: true,
+    };
+    let base = |workers: Vec<Vec<Event>>, register: Vec<RegisterOp>, faults: Vec<Fault>| Run {
+        exits: vec![Some(0); workers.len()],
+        register_final: register
+            .iter()
+            .filter(|r| r.write && r.admitted)
+            .map(|r| r.value)
+            .next_back()
+            .unwrap_or(0),
+        workers,
+        faults,
+        register,
+        leftover: Vec::new(),
+        ttl: Duration::from_secs(4),
+    };
+    let with_done = |mut a: Vec<Event>, w: usize| {
+        a.push(done(w, 100 * s));
+        a
+    };
+    let kinds =
+        |r: &Run| -> Vec<&'static str> { check(r).violations.iter().map(|v| v.kind).collect() };
+
+    let clean = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 2 * s, false), 0),
+            with_done(grant(1, 1, 11, 3 * s, 4 * s, false), 1),
+        ],
+        vec![write(s + 10, 0, 10, 1), write(3 * s + 10, 1, 11, 2)],
+        vec![],
+    );
+    assert_eq!(kinds(&clean), Vec::<&str>::new(), "clean history flagged");
+
+    let overlap = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 3 * s, false), 0),
+            with_done(grant(1, 1, 11, 2 * s, 4 * s, false), 1),
+        ],
+        vec![],
+        vec![],
+    );
+    assert!(kinds(&overlap).contains(&"overlap"), "overlap not flagged");
+
+    let freeze = Fault {
+        kind: "freeze".into(),
+        worker: Some(0),
+        detail: "test".into(),
+        session: None,
+        t0: s + s / 2,
+        t1: 8 * s,
+    };
+    let frozen = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 8 * s + 1000, true), 0),
+            with_done(grant(1, 1, 11, 6 * s, 7 * s, false), 1),
+        ],
+        vec![],
+        vec![freeze],
+    );
+    assert_eq!(
+        kinds(&frozen),
+        Vec::<&str>::new(),
+        "a frozen holder's fenced overlap flagged"
+    );
+
+    let backwards = base(
+        vec![
+            with_done(grant(0, 1, 11, s, 2 * s, false), 0),
+            with_done(grant(1, 1, 10, 3 * s, 4 * s, false), 1),
+        ],
+        vec![],
+        vec![],
+    );
+    assert!(
+        kinds(&backwards).contains(&"token-order"),
+        "token regression not flagged"
+    );
+
+    let lost_increment = base(
+        vec![with_done(grant(0, 1, 10, s, 2 * s, false), 0)],
+        vec![write(s, 0, 10, 1), write(s + 1, 1, 11, 1)],
+        vec![],
+    );
+    assert!(
+        kinds(&lost_increment).contains(&"lost-increment"),
+        "lost increment not flagged"
+    );
+
+    let blackhole = Fault {
+        kind: "blackhole".into(),
+        worker: Some(0),
+        detail: "test".into(),
+        session: None,
+        t0: 2 * s,
+        t1: 9 * s,
+    };
+    let late = base(
+        vec![with_done(grant(0, 1, 10, s, 2 * s + 10 * s, true), 0)],
+        vec![],
+        vec![blackhole],
+    );
+    assert!(
+        kinds(&late).contains(&"late-loss-notice"),
+        "late loss notice not flagged"
+    );
+
+    let mut hung = base(vec![grant(0, 1, 10, s, 2 * s, false)], vec![], vec![]);
+    hung.exits = vec![None];
+    assert!(kinds(&hung).contains(&"hung"), "hung worker not flagged");
+
+    let stalled = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 2 * s, false), 0),
+            with_done(
+                vec![Event::Invoke {
+                    w: 1,
+                    op: 1,
+                    t: 90 * s,
+                }],
+                1,
+            ),
+        ],
+        vec![],
+        vec![],
+    );
+    assert!(
+        kinds(&stalled).contains(&"stalled"),
+        "stalled queue not flagged"
+    );
+
+    let mut left = base(
+        vec![with_done(grant(0, 1, 10, s, 2 * s, false), 0)],
+        vec![],
+        vec![],
+    );
+    left.leftover = vec!["k".into()];
+    assert!(
+        kinds(&left).contains(&"leftover-nodes"),
+        "leftover nodes not flagged"
+    );
+}
