@@ -176,8 +176,10 @@ impl Mutex {
     /// Waits in the queue until the lock is ours. Re-entrant through this handle.
     ///
     /// If the session is lost while waiting (nothing held yet), it joins the queue again
-    /// on a fresh session, at the back. Fails with [`Error::LockLost`] when this handle
-    /// already holds the lock but has lost it: release those guards first.
+    /// on a fresh session, at the back. Connection trouble is retried for twice the TTL
+    /// (at least 10 s) before failing with [`Error::Connection`]. Fails with
+    /// [`Error::LockLost`] when this handle already holds the lock but has lost it:
+    /// release those guards first.
     ///
     /// Cancel safety: safe. Dropping the future (for example through
     /// `tokio::time::timeout`) removes our place in the queue in the background; no node

@@ -57,6 +57,10 @@ pub(crate) struct Request<'a> {
 pub(crate) async fn acquire(client: &Client, req: Request<'_>) -> Result<Option<Arc<Lease>>> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(20);
+    // Waiting acquires ride out connection trouble (a new session cannot be opened
+    // during a partition) for a while; a store that stays unreachable is an error.
+    let patience = (client.options().ttl * 2).max(Duration::from_secs(10));
+    let mut trouble_since: Option<Instant> = None;
     loop {
         match attempt(client, &req).await {
             Ok(Some(lease)) => {
@@ -72,6 +76,15 @@ pub(crate) async fn acquire(client: &Client, req: Request<'_>) -> Result<Option<
             // Our place in the queue vanished before anything was granted: join again.
             Err(e @ (Error::SessionExpired(_) | Error::LockLost(_))) if req.mode == Mode::Wait => {
                 tracing::warn!(lock = req.queue, error = %e, "lost our place in the queue; joining again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(e) if e.is_retryable() && req.mode == Mode::Wait => {
+                let since = *trouble_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= patience {
+                    return Err(e);
+                }
+                tracing::warn!(lock = req.queue, error = %e, "cannot reach the store; trying again");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }

@@ -422,7 +422,7 @@ macro_rules! conformance_tests {
             who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock,
             election_one_leader_and_failover, election_observe_in_order,
             one_release_wakes_one_waiter, semaphore_release_wakes_few,
-            release_over_a_stalled_link
+            release_over_a_stalled_link, lock_rides_out_a_short_outage
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1046,4 +1046,28 @@ pub async fn release_over_a_stalled_link(h: &dyn Harness) {
         .expect("waiter release");
     await_queue_len(&observer, &name, 0).await;
     holder.close().await.ok();
+}
+
+/// A waiting `lock()` rides out a short outage of its link (here while it opens its
+/// session) instead of failing at the first connection error. (Regression: the Jepsen
+/// test saw `lock()` return a connection error right after a partition had cost the
+/// client its session.)
+pub async fn lock_rides_out_a_short_outage(h: &dyn Harness) {
+    let name = h.unique_name("outage");
+    let (backend, link) = h.backend_with_link().await;
+    let c = Client::new(backend, ClientOptions::default().with_ttl(h.ttl()));
+    link.cut();
+    let waiting = {
+        let (c, name) = (c.clone(), name.clone());
+        tokio::spawn(async move { c.mutex(&name).expect("name").lock().await })
+    };
+    sleep(Duration::from_secs(1)).await;
+    link.heal();
+    let g = timeout(EVENTUALLY, waiting)
+        .await
+        .expect("lock() hung after the link healed")
+        .expect("task")
+        .expect("lock() gave up during a one-second outage");
+    g.release().await.expect("release");
+    c.close().await.ok();
 }
