@@ -24,6 +24,35 @@ pub enum NodeKind {
     Unknown,
 }
 
+impl NodeKind {
+    /// A short tag naming the kind in backends that spell it out in node names
+    /// (`lock`, `read`, `write`, `latch`, `permit`; `node` for `Unknown`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            NodeKind::Lock => "lock",
+            NodeKind::Read => "read",
+            NodeKind::Write => "write",
+            NodeKind::Latch => "latch",
+            NodeKind::Permit => "permit",
+            NodeKind::Unknown => "node",
+        }
+    }
+
+    /// The kind a [`NodeKind::tag`] names; `Unknown` for anything else.
+    pub fn from_tag(tag: &str) -> NodeKind {
+        [
+            NodeKind::Lock,
+            NodeKind::Read,
+            NodeKind::Write,
+            NodeKind::Latch,
+            NodeKind::Permit,
+        ]
+        .into_iter()
+        .find(|k| k.tag() == tag)
+        .unwrap_or(NodeKind::Unknown)
+    }
+}
+
 /// What to create: the caller chooses a unique `id` per acquire attempt, which makes
 /// [`crate::Session::create_sequential`] idempotent and lets an abandoned attempt be found
 /// and removed ([`crate::Session::abandon`]) even if the create's answer was never seen.

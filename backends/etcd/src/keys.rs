@@ -47,7 +47,7 @@ impl Keys {
             "{}{:x}-{}-{}",
             self.queue_dir(&spec.queue),
             lease,
-            kind_tag(spec.kind),
+            spec.kind.tag(),
             spec.id.simple()
         )
     }
@@ -64,31 +64,13 @@ impl Keys {
     }
 }
 
-fn kind_tag(kind: NodeKind) -> &'static str {
-    match kind {
-        NodeKind::Lock => "lock",
-        NodeKind::Read => "read",
-        NodeKind::Write => "write",
-        NodeKind::Latch => "latch",
-        NodeKind::Permit => "permit",
-        _ => "node",
-    }
-}
-
 /// The kind of a node from its name (the last path segment). Names written by other
 /// tools (`etcdctl lock`: just the lease id) are `Unknown`, which recipes treat as
 /// exclusive.
 pub(crate) fn parse_kind(name: &str) -> NodeKind {
     let mut parts = name.splitn(3, '-');
     let (_lease, tag) = (parts.next(), parts.next());
-    match tag {
-        Some("lock") => NodeKind::Lock,
-        Some("read") => NodeKind::Read,
-        Some("write") => NodeKind::Write,
-        Some("latch") => NodeKind::Latch,
-        Some("permit") => NodeKind::Permit,
-        _ => NodeKind::Unknown,
-    }
+    tag.map_or(NodeKind::Unknown, NodeKind::from_tag)
 }
 
 #[cfg(test)]

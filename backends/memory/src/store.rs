@@ -61,17 +61,6 @@ struct SessionRec {
     attempts: HashMap<Uuid, String>,
 }
 
-fn kind_tag(kind: NodeKind) -> &'static str {
-    match kind {
-        NodeKind::Lock => "lock",
-        NodeKind::Read => "read",
-        NodeKind::Write => "write",
-        NodeKind::Latch => "latch",
-        NodeKind::Permit => "permit",
-        _ => "node",
-    }
-}
-
 impl State {
     fn check(&self, id: u64) -> Result<&SessionRec> {
         match self.sessions.get(&id) {
@@ -411,7 +400,7 @@ impl Session for MemorySession {
                 let key = format!(
                     "{}/{}-{}-{:010}",
                     spec.queue,
-                    kind_tag(spec.kind),
+                    spec.kind.tag(),
                     spec.id.simple(),
                     rev
                 );
