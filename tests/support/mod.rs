@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 pub mod etcd;
+pub mod secure;
 pub mod zookeeper;
 
 use std::net::TcpListener;

@@ -13,6 +13,16 @@ pub fn map_error(e: etcd_client::Error) -> Error {
                 message,
                 source: Some(Box::new(status)),
             },
+            // etcd reports a wrong password, a missing user name (auth enabled, no
+            // credentials) and credentials sent to a server without auth with other codes.
+            Code::InvalidArgument | Code::FailedPrecondition
+                if is_auth_message(status.message()) =>
+            {
+                Error::Auth {
+                    message,
+                    source: Some(Box::new(status)),
+                }
+            }
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Cancelled
@@ -46,4 +56,12 @@ pub fn map_error(e: etcd_client::Error) -> Error {
             source: Some(Box::new(other)),
         },
     }
+}
+
+/// etcd's authentication errors that do not come with an auth status code.
+fn is_auth_message(m: &str) -> bool {
+    m.contains("authentication failed")
+        || m.contains("user name is empty")
+        || m.contains("authentication is not enabled")
+        || m.contains("invalid auth token")
 }
