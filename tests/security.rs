@@ -355,7 +355,7 @@ async fn credentials_stay_out_of_logs_errors_and_status() {
         // `queuelock status` with the credentials in the URL.
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_queuelock"))
             .args(["status", "--url", url, "leak"])
-            .env("RUST_LOG", "trace")
+            .env("QUEUELOCK_LOG", "trace")
             .output()
             .expect("run queuelock status");
         assert!(out.status.success(), "status failed: {out:?}");
@@ -377,7 +377,7 @@ async fn credentials_stay_out_of_logs_errors_and_status() {
         texts.push(format!("{e} {e:?}"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_queuelock"))
             .args(["status", "--url", &url, "leak"])
-            .env("RUST_LOG", "trace")
+            .env("QUEUELOCK_LOG", "trace")
             .output()
             .expect("run queuelock status");
         assert!(!out.status.success());
@@ -559,4 +559,38 @@ async fn zookeeper_foreign_garbage_children_are_ordered_or_ignored() {
             .any(|l| l.contains("WARN") && l.contains("garbage")),
         "no warning about the ignored child"
     );
+}
+
+#[test]
+fn cli_refuses_a_bad_name_before_connecting() {
+    // 127.0.0.1:1 refuses connections: an error about the name, not the connection,
+    // proves the name was checked first.
+    for args in [
+        vec!["status", "--url", "etcd://127.0.0.1:1/p", "../escape"],
+        vec![
+            "run",
+            "--url",
+            "zk://127.0.0.1:1/p",
+            "a\u{1b}b",
+            "--",
+            "true",
+        ],
+        vec![
+            "elect",
+            "--url",
+            "etcd://127.0.0.1:1/p",
+            "zookeeper/x",
+            "v",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_queuelock"))
+            .args(&args)
+            .output()
+            .expect("run queuelock");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains("invalid name"), "{args:?}: {err}");
+    }
 }
