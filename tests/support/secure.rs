@@ -256,6 +256,12 @@ impl SecureZk {
             std::path::Path::new("/usr/share/java/zookeeper.jar").is_file(),
             "ZooKeeper is not installed: apt-get install zookeeper (./scripts/test does it)"
         );
+        for jar in NETTY.split(':').filter(|j| !j.is_empty()) {
+            assert!(
+                std::path::Path::new(jar).is_file(),
+                "{jar} is missing: apt-get install libnetty-java (a dependency of zookeeper)"
+            );
+        }
         let dir = TempDir::new("queuelock-zk-sec");
         let (port, secure_port) = (free_port(), free_port());
         std::fs::create_dir_all(dir.0.join("data")).expect("data dir");
