@@ -508,6 +508,24 @@ async fn etcd_foreign_garbage_keys_are_ordered_by_revision() {
         }
     };
     waits_behind_foreign_nodes(&url, &name, held, 2 + garbage.len(), remove).await;
+
+    // A semaphore whose stored permit count someone overwrote with garbage: a clear
+    // conflict, with the foreign bytes escaped.
+    let sem = format!("{name}-sem");
+    raw.put(
+        format!("/queuelock-garbage/{sem}/meta/permits"),
+        b"\x1b[31m9\xff".to_vec(),
+        None,
+    )
+    .await
+    .expect("raw put");
+    match a.semaphore(&sem, 2).expect("name").try_acquire().await {
+        Err(e @ Error::Conflict { .. }) => assert!(!e.to_string().contains('\x1b'), "{e}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    raw.delete(format!("/queuelock-garbage/{sem}/meta/permits"), None)
+        .await
+        .expect("raw delete");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
