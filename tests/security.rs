@@ -319,6 +319,27 @@ async fn zookeeper_digest_acls() {
         .await
         .expect("raw alice");
     assert_acls(&root, "/acl/app", "alice").await;
+
+    // A chroot that anyone may write to is reported when connecting with credentials.
+    mallory
+        .create(
+            "/open",
+            b"",
+            &zookeeper_client::CreateMode::Persistent
+                .with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .await
+        .expect("open chroot");
+    let c = Client::connect(&format!("zk://{hosts}/open?digest=alice:alicePW-s3cr3t"))
+        .await
+        .expect("connect");
+    c.close().await.expect("close");
+    let logs = String::from_utf8_lossy(&logs().lock().expect("logs")).into_owned();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("lets anyone create or delete")),
+        "no warning about the world-writable chroot"
+    );
     held.release().await.expect("release");
     leadership.resign().await.expect("resign");
     alice.close().await.expect("close");

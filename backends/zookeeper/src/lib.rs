@@ -125,7 +125,8 @@ impl ZkOptions {
 
 /// zookeeper-client's TLS options from PEM material. Installs rustls' aws-lc-rs provider
 /// as the process default if none is installed yet: zookeeper-client builds its rustls
-/// config with the process default, and more than one provider is compiled in.
+/// config with the process default, which rustls cannot choose when the application
+/// compiles in a second provider (ring, say).
 pub(crate) fn tls_options(tls: &TlsPem) -> Result<zookeeper_client::TlsOptions> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let bad = |what: &str, e: zookeeper_client::Error| {
