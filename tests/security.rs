@@ -132,6 +132,11 @@ async fn etcd_over_tls_with_client_certificates() {
     })
     .await;
     assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+    // ZooKeeper digest credentials must be user:password.
+    refused("zk://127.0.0.1:1/x?digest=no-colon", |e| {
+        matches!(e, Error::Config(_))
+    })
+    .await;
     let e = refused(
         &format!(
             "{base}&ca={}&cert={}",
@@ -239,7 +244,7 @@ async fn assert_acls(zk: &zookeeper_client::Client, path: &str, owner: &str) {
             todo.extend(children.into_iter().map(|c| format!("{p}/{c}")));
         }
     }
-    assert!(seen >= 4, "only {seen} nodes checked");
+    assert!(seen >= 12, "only {seen} nodes checked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,6 +317,23 @@ async fn zookeeper_digest_acls() {
     assert_eq!(leader.value, b"alice-says");
     assert!(held.is_lost().is_none(), "mallory took alice's lock");
 
+    // Other recipes and stored values: a semaphore (its count node and two queues), a
+    // read lock, and a fenced write to a nested key.
+    let permit = alice
+        .semaphore("pool/sem", 2)
+        .expect("name")
+        .acquire()
+        .await
+        .expect("permit");
+    let read = alice
+        .rwlock("rw")
+        .expect("name")
+        .read()
+        .await
+        .expect("read");
+    held.fenced_write([("data/deep/value", Some("v"))])
+        .await
+        .expect("fenced write");
     // Every node queuelock created, from the chroot down, is alice's.
     let root = zookeeper_client::Client::connector()
         .with_auth("digest", b"alice:alicePW-s3cr3t")
@@ -340,6 +362,8 @@ async fn zookeeper_digest_acls() {
             .any(|l| l.contains("WARN") && l.contains("lets anyone create or delete")),
         "no warning about the world-writable chroot"
     );
+    permit.release().await.expect("release");
+    read.release().await.expect("release");
     held.release().await.expect("release");
     leadership.resign().await.expect("resign");
     alice.close().await.expect("close");
