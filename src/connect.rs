@@ -107,6 +107,7 @@ async fn zookeeper(
         }
         options = options.with_digest(d.expose());
     }
+    let tls_on = tls.is_some();
     if let Some(tls) = load_tls(tls)? {
         options = options.with_tls(tls);
     }
@@ -118,8 +119,14 @@ async fn zookeeper(
     .await
     .map_err(|_| Error::Connection {
         message: format!(
-            "no answer from ZooKeeper at {hosts} within {:?}",
-            config.connect_timeout
+            "no answer from ZooKeeper at {hosts} within {:?}{}",
+            config.connect_timeout,
+            if tls_on {
+                " (TLS: check that this is the secure client port, that the server's \
+                 certificate chains to ca= and names the host, and the client certificate)"
+            } else {
+                ""
+            }
         ),
         source: None,
     })??;

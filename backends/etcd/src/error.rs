@@ -7,6 +7,12 @@ pub fn map_error(e: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
     use tonic::Code;
     let message = e.to_string();
+    if refused_our_certificate(&message) {
+        return Error::Auth {
+            message,
+            source: Some(Box::new(e)),
+        };
+    }
     match e {
         E::GRpcStatus(status) => match status.code() {
             Code::Unauthenticated | Code::PermissionDenied => Error::Auth {
@@ -64,4 +70,20 @@ fn is_auth_message(m: &str) -> bool {
         || m.contains("user name is empty")
         || m.contains("authentication is not enabled")
         || m.contains("invalid auth token")
+}
+
+/// The server ended the TLS handshake because of our client certificate (missing, not
+/// trusted, or not allowed): a credentials problem, not a connection one. tonic keeps the
+/// TLS alert only in its error's text. Best effort: with TLS 1.3 the server may close the
+/// connection without the alert reaching us, which stays a connection error.
+fn refused_our_certificate(m: &str) -> bool {
+    [
+        "BadCertificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "CertificateUnknown",
+        "AccessDenied",
+    ]
+    .iter()
+    .any(|alert| m.contains(&format!("received fatal alert: {alert}")))
 }
