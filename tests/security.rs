@@ -113,6 +113,28 @@ async fn etcd_over_tls_with_client_certificates() {
     let etcd = Etcd::tls(&pki);
     let base = format!("etcd://{}/tls?connect_timeout=3s", etcd.endpoint());
     lock_works(&format!("{base}&{}", pki.query(&pki.ca, true))).await;
+    // The same through a TOML Config's `tls` table.
+    let toml = format!(
+        "connect_timeout = \"3s\"\n[backend]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n\
+         prefix = \"/tls\"\ntls = {{ ca = {:?}, cert = {:?}, key = {:?} }}\n",
+        etcd.endpoint(),
+        pki.ca,
+        pki.client_cert,
+        pki.client_key
+    );
+    let config: queuelock::Config = toml::from_str(&toml).expect("TOML config");
+    let c = Client::with_config(&config)
+        .await
+        .expect("connect with TOML config");
+    c.mutex("tls/toml")
+        .expect("name")
+        .try_lock()
+        .await
+        .expect("try_lock")
+        .expect("free")
+        .release()
+        .await
+        .expect("release");
     // The server requires a client certificate.
     // The server refuses our missing client certificate: Error::Auth when its TLS alert
     // reaches us, a connection error when TLS 1.3 lets the client write first and the
