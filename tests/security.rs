@@ -244,6 +244,30 @@ async fn etcd_users_and_roles() {
     alice.close().await.expect("close");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_tls_and_users_together() {
+    logs();
+    let pki = Pki::new();
+    let etcd = Etcd::tls_with_auth(&pki, &[("erin", "erinPW-s3cr3t", "e")]);
+    let ep = etcd.endpoint();
+    let ca = format!("ca={}", pki.ca.display());
+    lock_works(&format!(
+        "etcd://erin:erinPW-s3cr3t@{ep}/e?connect_timeout=3s&{ca}"
+    ))
+    .await;
+    refused(&format!("etcd://{ep}/e?connect_timeout=3s&{ca}"), is_auth).await;
+    refused(
+        &format!("etcd://erin:wrong@{ep}/e?connect_timeout=3s&{ca}"),
+        is_auth,
+    )
+    .await;
+    refused(
+        &format!("etcd://erin:erinPW-s3cr3t@{ep}/other?connect_timeout=3s&{ca}"),
+        is_auth,
+    )
+    .await;
+}
+
 /// Every node under `path` (and `path` itself) carries exactly the owner-all +
 /// world-read ACL.
 async fn assert_acls(zk: &zookeeper_client::Client, path: &str, owner: &str) {

@@ -162,12 +162,37 @@ impl Etcd {
     /// `prefix` (as `/prefix/`).
     pub fn with_auth(users: &[(&str, &str, &str)]) -> Self {
         let (dir, port, process) = Self::spawn("http", &[]);
-        let mut e = Etcd {
-            dir,
-            port,
-            process,
-            ctl: Vec::new(),
-        };
+        Self::enable_auth(
+            Etcd {
+                dir,
+                port,
+                process,
+                ctl: Vec::new(),
+            },
+            users,
+        )
+    }
+
+    /// Like [`Etcd::with_auth`], over TLS (server certificate only; clients authenticate
+    /// with user and password).
+    pub fn tls_with_auth(pki: &Pki, users: &[(&str, &str, &str)]) -> Self {
+        let extra = vec![
+            format!("--cert-file={}", pki.server_cert.display()),
+            format!("--key-file={}", pki.server_key.display()),
+        ];
+        let (dir, port, process) = Self::spawn("https", &extra);
+        Self::enable_auth(
+            Etcd {
+                dir,
+                port,
+                process,
+                ctl: vec![format!("--cacert={}", pki.ca.display())],
+            },
+            users,
+        )
+    }
+
+    fn enable_auth(mut e: Etcd, users: &[(&str, &str, &str)]) -> Self {
         e.wait_healthy();
         e.ctl_ok(&["user", "add", "root", "--new-user-password=rootpw"]);
         e.ctl_ok(&["user", "grant-role", "root", "root"]);
