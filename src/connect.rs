@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
 use queuelock_core::{Backend, Error, Result};
 
-use crate::config::{BackendConfig, Config};
+use crate::config::{BackendConfig, Config, TlsConfig};
 
 /// Builds (and connects) the backend a configuration names.
 pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
@@ -24,7 +24,7 @@ pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
                 prefix,
                 user.as_deref(),
                 password.as_ref(),
-                tls.is_some(),
+                tls.as_ref(),
             )
             .await
         }
@@ -33,7 +33,7 @@ pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
             chroot,
             digest,
             tls,
-        } => zookeeper(config, hosts, chroot, digest.as_ref(), tls.is_some()).await,
+        } => zookeeper(config, hosts, chroot, digest.as_ref(), tls.as_ref()).await,
     }
 }
 
@@ -44,16 +44,13 @@ async fn etcd(
     prefix: &str,
     user: Option<&str>,
     password: Option<&crate::Secret>,
-    tls: bool,
+    tls: Option<&TlsConfig>,
 ) -> Result<Arc<dyn Backend>> {
     use queuelock_etcd::{EtcdBackend, EtcdOptions};
-    if tls {
-        return Err(Error::Config(
-            "TLS to etcd is not supported yet: use a plain-text endpoint on a trusted network"
-                .to_owned(),
-        ));
-    }
     let mut options = EtcdOptions::default().with_connect_timeout(config.connect_timeout);
+    if let Some(tls) = load_tls(tls)? {
+        options = options.with_tls(tls);
+    }
     match (user, password) {
         (Some(u), Some(p)) => options = options.with_credentials(u, p.expose()),
         (None, None) => {}
@@ -84,7 +81,7 @@ async fn etcd(
     _prefix: &str,
     _user: Option<&str>,
     _password: Option<&crate::Secret>,
-    _tls: bool,
+    _tls: Option<&TlsConfig>,
 ) -> Result<Arc<dyn Backend>> {
     Err(Error::FeatureDisabled {
         backend: "etcd",
@@ -98,17 +95,22 @@ async fn zookeeper(
     hosts: &[String],
     chroot: &str,
     digest: Option<&crate::Secret>,
-    tls: bool,
+    tls: Option<&TlsConfig>,
 ) -> Result<Arc<dyn Backend>> {
     use queuelock_zookeeper::{ZkBackend, ZkOptions};
-    if tls {
-        return Err(Error::Config(
-            "TLS to ZooKeeper is not supported yet: use a plain-text port on a trusted network"
-                .to_owned(),
-        ));
-    }
     let mut options = ZkOptions::default().with_connect_timeout(config.connect_timeout);
-    options.digest = digest.map(|d| d.expose().to_owned());
+    if let Some(d) = digest {
+        if !d.expose().contains(':') {
+            return Err(Error::Config(
+                "ZooKeeper digest must be user:password (no `:` found)".to_owned(),
+            ));
+        }
+        options = options.with_digest(d.expose());
+    }
+    let tls_on = tls.is_some();
+    if let Some(tls) = load_tls(tls)? {
+        options = options.with_tls(tls);
+    }
     let hosts = hosts.join(",");
     let backend = tokio::time::timeout(
         config.connect_timeout,
@@ -117,8 +119,14 @@ async fn zookeeper(
     .await
     .map_err(|_| Error::Connection {
         message: format!(
-            "no answer from ZooKeeper at {hosts} within {:?}",
-            config.connect_timeout
+            "no answer from ZooKeeper at {hosts} within {:?}{}",
+            config.connect_timeout,
+            if tls_on {
+                " (TLS: check that this is the secure client port, that the server's \
+                 certificate chains to ca= and names the host, and the client certificate)"
+            } else {
+                ""
+            }
         ),
         source: None,
     })??;
@@ -131,12 +139,33 @@ async fn zookeeper(
     _hosts: &[String],
     _chroot: &str,
     _digest: Option<&crate::Secret>,
-    _tls: bool,
+    _tls: Option<&TlsConfig>,
 ) -> Result<Arc<dyn Backend>> {
     Err(Error::FeatureDisabled {
         backend: "zookeeper",
         feature: "zookeeper",
     })
+}
+
+/// Reads the TLS files a configuration names. Errors name the file and what is wrong,
+/// never its contents.
+#[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
+fn load_tls(tls: Option<&TlsConfig>) -> Result<Option<queuelock_core::TlsPem>> {
+    let Some(tls) = tls else { return Ok(None) };
+    let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>> {
+        match path {
+            None => Ok(None),
+            Some(p) => std::fs::read_to_string(p).map(Some).map_err(|e| {
+                Error::Config(format!("cannot read TLS {what} file {}: {e}", p.display()))
+            }),
+        }
+    };
+    let pem = queuelock_core::TlsPem::new(
+        read("CA (ca=)", &tls.ca)?,
+        read("client certificate (cert=)", &tls.cert)?,
+        read("client key (key=)", &tls.key)?,
+    )?;
+    Ok(Some(pem))
 }
 
 #[cfg(feature = "memory")]

@@ -120,7 +120,8 @@ impl Semaphore {
                 message: format!(
                     "semaphore {} is stored with {} permits, this handle asks for {}",
                     self.name,
-                    String::from_utf8_lossy(&v),
+                    // Someone else's bytes: escaped, so no control characters reach a terminal.
+                    String::from_utf8_lossy(&v).escape_debug(),
                     self.permits
                 ),
             }),

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use queuelock::metadata::QueueEntry;
-use queuelock::{Client, Config, Error, Guard, LossReason};
+use queuelock::{Client, Config, Error, Guard, LockName, LossReason};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -170,6 +170,8 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             name,
             command,
         } => {
+            // A bad name fails before any connection is made.
+            LockName::new(&name)?;
             let client = connect(&target).await?;
             let acquire = acquire(&client, &name, permits);
             let guard = match timeout {
@@ -203,6 +205,8 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             json,
             name,
         } => {
+            // A bad name fails before any connection is made.
+            LockName::new(&name)?;
             let client = connect(&target).await?;
             let (holders, waiters) = match kind {
                 Kind::Mutex => {
@@ -229,6 +233,8 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             value,
             command,
         } => {
+            // A bad name fails before any connection is made.
+            LockName::new(&name)?;
             let client = connect(&target).await?;
             let leadership = client.election(&name)?.campaign(value).await?;
             let code = supervise(leadership.guard(), &command, grace).await;

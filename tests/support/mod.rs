@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod interop;
+pub mod secure;
 pub mod zookeeper;
 
 use std::net::TcpListener;

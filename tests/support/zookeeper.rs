@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, require_binary, TempDir};
 
-const CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar";
+pub const CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar";
 
 struct Server {
     id: usize,

@@ -25,12 +25,14 @@ mod error;
 mod name;
 mod node;
 mod session;
+mod tls;
 
 pub use backend::{Backend, Session, SessionOptions};
 pub use error::{BoxError, Error, Result};
 pub use name::{LockName, NameError, MAX_NAME_LEN, MAX_SEGMENT_LEN};
 pub use node::{Created, Listing, Node, NodeKind, NodeSpec, Op, Revision};
 pub use session::{LossReason, SessionId, SessionState};
+pub use tls::TlsPem;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queuelock_core::{Backend, Result, Session, SessionOptions};
+use queuelock_core::{Backend, Result, Session, SessionOptions, TlsPem};
 
 pub use error::map_error;
 use keys::Keys;
@@ -46,6 +46,9 @@ pub struct EtcdOptions {
     pub request_timeout: Option<Duration>,
     /// User name and password for etcd authentication.
     pub credentials: Option<(String, String)>,
+    /// TLS: connect with `https`, verify the server with this CA, optionally present a
+    /// client certificate.
+    pub tls: Option<TlsPem>,
 }
 
 impl fmt::Debug for EtcdOptions {
@@ -54,6 +57,8 @@ impl fmt::Debug for EtcdOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("password", &self.credentials.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -74,6 +79,24 @@ impl EtcdOptions {
         self.credentials = Some((user.into(), password.into()));
         self
     }
+
+    /// Connects over TLS with this material (server verified against its CA).
+    pub fn with_tls(mut self, tls: TlsPem) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// etcd-client's TLS options from PEM material.
+fn tls_options(tls: &TlsPem) -> etcd_client::TlsOptions {
+    let mut o = etcd_client::TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        o = o.ca_certificate(etcd_client::Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &tls.identity {
+        o = o.identity(etcd_client::Identity::from_pem(cert, key));
+    }
+    o
 }
 
 /// A connection to an etcd cluster; opens lease-backed sessions.
@@ -119,20 +142,26 @@ impl EtcdBackend {
         if let Some((u, p)) = &options.credentials {
             opts = opts.with_user(u.clone(), p.clone());
         }
+        if let Some(tls) = &options.tls {
+            opts = opts.with_tls(tls_options(tls));
+        }
+        let keys = Keys::new(prefix);
         let client = etcd_client::Client::connect(&endpoints, Some(opts))
             .await
             .map_err(map_error)?;
         let mut probe = client.kv_client();
-        // Fail now, not at the first lock, when the cluster cannot be reached.
+        // Fail now, not at the first lock, when the cluster cannot be reached or does not
+        // let us read: the probe key is under the prefix, so a role limited to the
+        // prefix passes.
         probe
-            .get("queuelock-probe", None)
+            .get(keys.abs("queuelock-probe"), None)
             .await
             .map_err(map_error)?;
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
                 watches: WatchHub::new(client.watch_client()),
                 client,
-                keys: Keys::new(prefix),
+                keys,
                 endpoints,
             }),
         })

@@ -147,7 +147,10 @@ impl EtcdSession {
         let mut nodes: Vec<Node> = kvs
             .iter()
             .filter_map(|kv| {
-                let key = kv.key_str().ok()?;
+                let Ok(key) = kv.key_str() else {
+                    tracing::warn!(queue, key = ?kv.key(), "ignoring a key that is not UTF-8");
+                    return None;
+                };
                 let name = key.strip_prefix(&dir)?;
                 if name.is_empty() || name.contains('/') {
                     return None; // a nested queue, not a node of this one

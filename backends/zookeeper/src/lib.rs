@@ -54,8 +54,15 @@
 //!   `Put` creates or sets the key, chosen after reading whether it exists, and retried
 //!   on a race).
 //!
-//! Digest credentials (`ZkOptions::digest`) are added to every session; nodes are created
-//! with the open ACL.
+//! **Security.** Digest credentials (`ZkOptions::digest`) are added to every session, and
+//! then every node queuelock creates — the chroot, lock directories (containers), queue
+//! nodes, election proclamations and other stored values — carries the ACL
+//! *creator: all, world: read*: only sessions authenticated as the same identity can
+//! create children in, delete or change them; everyone else may read (`status` works). Without
+//! credentials nodes get the open ACL. A chroot that already exists keeps its ACL; if it
+//! lets anyone create or delete, connecting logs a warning. `ZkOptions::tls` reaches the
+//! servers' secure client port with TLS (server verified against the CA, optional client
+//! certificate).
 #![forbid(unsafe_code)]
 
 mod error;
@@ -68,7 +75,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queuelock_core::{Backend, Result, Session, SessionOptions};
+use queuelock_core::{Backend, Result, Session, SessionOptions, TlsPem};
 
 pub use error::map_error;
 use session::ZkSession;
@@ -81,6 +88,8 @@ pub struct ZkOptions {
     pub connect_timeout: Option<Duration>,
     /// Digest credentials `user:password`, added to every session.
     pub digest: Option<String>,
+    /// TLS to the secure client port: CA and optional client certificate.
+    pub tls: Option<TlsPem>,
 }
 
 impl fmt::Debug for ZkOptions {
@@ -88,6 +97,7 @@ impl fmt::Debug for ZkOptions {
         f.debug_struct("ZkOptions")
             .field("connect_timeout", &self.connect_timeout)
             .field("digest", &self.digest.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -104,6 +114,53 @@ impl ZkOptions {
     pub fn with_digest(mut self, user_password: impl Into<String>) -> Self {
         self.digest = Some(user_password.into());
         self
+    }
+
+    /// Connects over TLS with this material (server verified against its CA).
+    pub fn with_tls(mut self, tls: TlsPem) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// zookeeper-client's TLS options from PEM material. Installs rustls' aws-lc-rs provider
+/// as the process default if none is installed yet: zookeeper-client builds its rustls
+/// config with the process default, which rustls cannot choose when the application
+/// compiles in a second provider (ring, say).
+pub(crate) fn tls_options(tls: &TlsPem) -> Result<zookeeper_client::TlsOptions> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let bad = |what: &str, e: zookeeper_client::Error| {
+        queuelock_core::Error::Config(format!("TLS {what} for ZooKeeper is unusable: {e}"))
+    };
+    let mut o = zookeeper_client::TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        o = o.with_pem_ca(ca).map_err(|e| bad("CA", e))?;
+    }
+    if let Some((cert, key)) = &tls.identity {
+        // The key is not part of the message: only that the pair was refused.
+        o = o.with_pem_identity(cert, key).map_err(|_| {
+            queuelock_core::Error::Config(
+                "TLS client certificate/key for ZooKeeper is unusable".to_owned(),
+            )
+        })?;
+    }
+    Ok(o)
+}
+
+/// The ACL of every node queuelock creates: with credentials, full rights for the creating
+/// identity and read for the world; without, the open ACL.
+static OWNER_ALL_WORLD_READ: [zookeeper_client::Acl; 2] = [
+    zookeeper_client::Acl::new_const(zookeeper_client::Permission::ALL, "auth", ""),
+    zookeeper_client::Acl::new_const(zookeeper_client::Permission::READ, "world", "anyone"),
+];
+
+impl Inner {
+    pub(crate) fn acls(&self) -> zookeeper_client::Acls<'static> {
+        if self.options.digest.is_some() {
+            zookeeper_client::Acls::new(&OWNER_ALL_WORLD_READ)
+        } else {
+            zookeeper_client::Acls::anyone_all()
+        }
     }
 }
 
@@ -161,13 +218,19 @@ impl ZkBackend {
             }),
         };
         let probe = session::connect(&backend.inner, Duration::from_secs(10), None).await?;
-        if !backend.inner.chroot.is_empty() {
-            let opts = zookeeper_client::CreateMode::Persistent
-                .with_acls(zookeeper_client::Acls::anyone_all());
-            probe
-                .mkdir(&backend.inner.chroot, &opts)
-                .await
-                .map_err(map_error)?;
+        // Create the chroot only when missing: ZooKeeper checks the create permission
+        // before existence, so a reader without rights in a protected chroot could not
+        // even connect.
+        let chroot = &backend.inner.chroot;
+        if !chroot.is_empty() && probe.check_stat(chroot).await.map_err(map_error)?.is_none() {
+            let opts = zookeeper_client::CreateMode::Persistent.with_acls(backend.inner.acls());
+            match probe.mkdir(chroot, &opts).await {
+                Ok(()) | Err(zookeeper_client::Error::NodeExists) => {}
+                Err(e) => return Err(map_error(e)),
+            }
+        }
+        if backend.inner.options.digest.is_some() {
+            warn_if_open(&probe, &backend.inner.chroot).await;
         }
         Ok(backend)
     }
@@ -188,6 +251,28 @@ impl ZkBackend {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+}
+
+/// Warns when the chroot lets anyone create or delete children: then a client without our
+/// identity can create a lock directory with an open ACL before we do, and delete nodes in
+/// it.
+async fn warn_if_open(client: &zookeeper_client::Client, chroot: &str) {
+    use zookeeper_client::Permission;
+    let path = if chroot.is_empty() { "/" } else { chroot };
+    if let Ok((acls, _)) = client.get_acl(path).await {
+        let open = acls.iter().any(|a| {
+            a.scheme() == "world"
+                && (a.permission().has(Permission::CREATE)
+                    || a.permission().has(Permission::DELETE))
+        });
+        if open {
+            tracing::warn!(
+                chroot = path,
+                "ZooKeeper chroot lets anyone create or delete children: use a chroot created \
+                 with credentials so that other clients cannot tamper with lock directories"
+            );
+        }
     }
 }
 

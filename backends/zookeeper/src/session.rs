@@ -13,7 +13,7 @@ use queuelock_core::{
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError, EventType};
+use zookeeper_client::{Client, CreateMode, Error as ZkError, EventType};
 
 use crate::error::map_error;
 use crate::names;
@@ -39,7 +39,15 @@ pub(crate) async fn connect(
     if let Some(s) = session {
         c = c.with_session(s);
     }
-    c.connect(&inner.hosts).await.map_err(map_error)
+    match &inner.options.tls {
+        // Every host without an explicit `tcp://` is reached over TLS.
+        Some(tls) => c
+            .with_tls(crate::tls_options(tls)?)
+            .secure_connect(&inner.hosts)
+            .await
+            .map_err(map_error),
+        None => c.connect(&inner.hosts).await.map_err(map_error),
+    }
 }
 
 struct Shared {
@@ -124,10 +132,6 @@ impl Attempts {
         }
         false
     }
-}
-
-fn container() -> zookeeper_client::CreateOptions<'static> {
-    CreateMode::Container.with_acls(Acls::anyone_all())
 }
 
 impl ZkSession {
@@ -344,7 +348,10 @@ impl ZkSession {
         if dir.is_empty() || dir == self.inner.chroot {
             return Ok(());
         }
-        match client.mkdir(dir, &container()).await {
+        match client
+            .mkdir(dir, &CreateMode::Container.with_acls(self.inner.acls()))
+            .await
+        {
             Ok(()) | Err(ZkError::NodeExists) => Ok(()),
             Err(e) => Err(self.fail(e)),
         }
@@ -363,7 +370,7 @@ impl ZkSession {
             }
         }
         let prefix = format!("{dir}/{}", names::prefix(spec));
-        let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+        let opts = CreateMode::EphemeralSequential.with_acls(self.inner.acls());
         for _ in 0..MAX_RACES {
             // Both requests are sent now, in this order (zookeeper-client sends when the
             // method is called, not when the future is polled), and awaited together:
@@ -759,7 +766,7 @@ impl Session for ZkSession {
                     }
                 }
             }
-            let persistent = CreateMode::Persistent.with_acls(Acls::anyone_all());
+            let persistent = CreateMode::Persistent.with_acls(self.inner.acls());
             let mut multi = client.new_multi_writer();
             let add = (|| -> std::result::Result<(), ZkError> {
                 multi.add_check_version(&guard_path, guard_version)?;
@@ -832,7 +839,7 @@ impl Session for ZkSession {
     async fn put_if_absent(&self, key: &str, value: &[u8]) -> Result<Option<Vec<u8>>> {
         let client = self.client()?;
         let path = self.path(key);
-        let opts = CreateMode::Persistent.with_acls(Acls::anyone_all());
+        let opts = CreateMode::Persistent.with_acls(self.inner.acls());
         for _ in 0..MAX_RACES {
             match client.create(&path, value, &opts).await {
                 Ok(_) => return Ok(None),
