@@ -158,11 +158,14 @@ async fn holder_process() {
         .open(&log)
         .expect("log");
     loop {
+        // The time is read before the check: a freeze between the two then shows as a
+        // loss, never as work stamped after the thaw under a token checked before it.
+        let at = now_ms();
         if let Some(reason) = g.is_lost() {
-            writeln!(out, "lost {} {reason}", now_ms()).expect("write");
+            writeln!(out, "lost {at} {reason}").expect("write");
             return;
         }
-        writeln!(out, "work {} {}", g.fencing_token(), now_ms()).expect("write");
+        writeln!(out, "work {} {at}", g.fencing_token()).expect("write");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
