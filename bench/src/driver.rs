@@ -200,6 +200,9 @@ async fn one(
         Ok(Err(e)) => json!({"scenario": scenario, "error": e.to_string()}),
         Err(_) => json!({"scenario": scenario, "error": format!("timed out after {limit:?}")}),
     };
+    if scenario == "contended" && v.get("contenders").is_none() {
+        v["contenders"] = json!(args.first().and_then(|a| a.parse::<u64>().ok()));
+    }
     if let Some(e) = v.get("error") {
         eprintln!("    failed: {e}");
     } else {

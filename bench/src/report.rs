@@ -82,7 +82,14 @@ fn cell(r: Option<&Value>, f: impl Fn(&Value) -> Option<String>) -> String {
     match r {
         None => "–".into(),
         Some(r) if r.get("error").is_some() => "failed ¹".into(),
-        Some(r) => f(r).unwrap_or_else(|| "n/m".into()),
+        Some(r) => {
+            let v = f(r).unwrap_or_else(|| "n/m".into());
+            if r.get("note").is_some() {
+                format!("{v} ²")
+            } else {
+                v
+            }
+        }
     }
 }
 
@@ -161,7 +168,7 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         .unwrap_or_default();
     for c in &contenders {
         row(
-            format!("{c} contenders: grants/s (fairness max/min)"),
+            format!("contended, {c} sessions: grants/s (fairness max/min)"),
             &|n| {
                 cell(find(doc, n, "contended", Some(*c)), |r| {
                     let rate = num(&r["grants_per_s"])?;
@@ -173,21 +180,18 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         );
     }
     for c in contenders.iter().filter(|c| **c == 8 || **c == 128) {
-        row(
-            format!("handoff at {c} contenders p50 / p99 / max ms"),
-            &|n| {
-                cell(find(doc, n, "contended", Some(*c)), |r| {
-                    num(&r["handoff_p50_ms"])?;
-                    Some(format!(
-                        "{} / {} / {}{}",
-                        fmt_ms(&r["handoff_p50_ms"]),
-                        fmt_ms(&r["handoff_p99_ms"]),
-                        fmt_ms(&r["handoff_max_ms"]),
-                        ratio_ms(num(&r["handoff_p50_ms"]))
-                    ))
-                })
-            },
-        );
+        row(format!("handoff, {c} sessions: p50 / p99 / max ms"), &|n| {
+            cell(find(doc, n, "contended", Some(*c)), |r| {
+                num(&r["handoff_p50_ms"])?;
+                Some(format!(
+                    "{} / {} / {}{}",
+                    fmt_ms(&r["handoff_p50_ms"]),
+                    fmt_ms(&r["handoff_p99_ms"]),
+                    fmt_ms(&r["handoff_max_ms"]),
+                    ratio_ms(num(&r["handoff_p50_ms"]))
+                ))
+            })
+        });
     }
     let herd = doc["plan"]["herd_waiters"].as_u64().unwrap_or(0);
     row(
@@ -237,25 +241,8 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         "\n“n/m”: not measurable for this implementation; “–”: not run. Ratios are to the \
          floor's p50 (latencies) or pairs/s (throughput)."
     );
-    let failed: Vec<&Value> = results(doc)
-        .iter()
-        .filter(|r| r.get("error").is_some())
-        .collect();
-    if !failed.is_empty() {
-        let _ = writeln!(md, "\n¹ Failures:\n");
-        for r in failed {
-            let _ = writeln!(
-                md,
-                "- {} / {} {}: {}",
-                r["impl"].as_str().unwrap_or("?"),
-                r["scenario"].as_str().unwrap_or("?"),
-                r["contenders"]
-                    .as_u64()
-                    .map_or(String::new(), |c| c.to_string()),
-                r["error"].as_str().unwrap_or("?")
-            );
-        }
-    }
+    footnotes(&mut md, doc, "error", "¹ Failures");
+    footnotes(&mut md, doc, "note", "² Notes");
     if let Some(u) = doc["unavailable"].as_array().filter(|u| !u.is_empty()) {
         let _ = writeln!(md, "\nPeers that could not run here:\n");
         for p in u {
@@ -269,6 +256,30 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     }
     let _ = writeln!(md, "\n![grants per second by contenders]({svg_name})");
     md
+}
+
+/// Lists every result carrying `field` (an error or a note) under `title`.
+fn footnotes(md: &mut String, doc: &Value, field: &str, title: &str) {
+    let hits: Vec<&Value> = results(doc)
+        .iter()
+        .filter(|r| r.get(field).is_some())
+        .collect();
+    if hits.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n{title}:\n");
+    for r in hits {
+        let _ = writeln!(
+            md,
+            "- {} / {} {}: {}",
+            r["impl"].as_str().unwrap_or("?"),
+            r["scenario"].as_str().unwrap_or("?"),
+            r["contenders"]
+                .as_u64()
+                .map_or(String::new(), |c| c.to_string()),
+            r[field].as_str().unwrap_or("?")
+        );
+    }
 }
 
 /// Grants per second against contenders, one line per implementation.
