@@ -15,8 +15,9 @@ import sys
 import time
 
 TTL = 15
-# A herd that makes no progress for this long is reported as stalled.
-STALL_S = 15
+# A herd that makes no progress for this long is reported as stalled (scripts/bench
+# --quick shortens it).
+STALL_S = float(os.environ.get("QUEUELOCK_BENCH_STALL_S", "15"))
 
 
 def pct(prefix, samples):
@@ -229,7 +230,7 @@ async def contended(lib, n, seconds):
         out["grants_per_s"] = round(total / seconds, 3)
         out["stalled"] = len(pending)
         out["note"] = (
-            f"{len(pending)} of {n} contenders were never granted within {STALL_S} s after the "
+            f"{len(pending)} of {n} contenders were never granted within {STALL_S:g} s after the "
             "others stopped, with the lock free (a lost wake-up)"
         )
     out.update(pct("wait_", waits))
@@ -269,7 +270,7 @@ async def herd(lib, waiters):
                 "waiters": waiters,
                 "releases": waiters + 1 - len(pending),
                 "error": f"stalled: {len(pending)} of {waiters} waiters still not granted "
-                f"{STALL_S} s after the last grant, with the lock free (a lost wake-up)",
+                f"{STALL_S:g} s after the last grant, with the lock free (a lost wake-up)",
             }
         ends.extend(t.result() for t in done)
     drain = max(ends) - released_at
