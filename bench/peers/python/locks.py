@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""queuelock bench harness for the Python lock peers (see bench/peers/README.md).
+
+    locks.py LIB BACKEND ENDPOINT SCENARIO ARGS...
+
+LIB: kazoo (kazoo.recipe.lock.Lock, ZooKeeper), aetcd (aetcd Lock, etcd) or etcd3
+(python-etcd3 Lock, etcd). Scenarios and JSON output as in bench/src/scenario.rs.
+kazoo and etcd3 are blocking libraries: their calls run on threads (one per contender).
+"""
+import asyncio
+import concurrent.futures
+import json
+import os
+import sys
+import time
+
+TTL = 15
+# A herd that makes no progress for this long is reported as stalled (scripts/bench
+# --quick shortens it).
+STALL_S = float(os.environ.get("QUEUELOCK_BENCH_STALL_S", "15"))
+
+
+def pct(prefix, samples):
+    s = sorted(samples)
+
+    def pick(q):
+        if not s:
+            return None
+        return round(s[round((len(s) - 1) * q)], 3)
+
+    return {f"{prefix}p50_ms": pick(0.5), f"{prefix}p99_ms": pick(0.99), f"{prefix}max_ms": pick(1.0)}
+
+
+def rss_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return None
+
+
+def lock_name(scenario):
+    return f"bench/{scenario}-{os.getpid()}"
+
+
+async def blocking(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class Kazoo:
+    """kazoo: one KazooClient (ZooKeeper session) per contender."""
+
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    async def connect(self, shared=False):
+        from kazoo.client import KazooClient
+
+        zk = KazooClient(hosts=self.endpoint, timeout=TTL)
+        await blocking(zk.start)
+        return KazooSession(zk)
+
+
+class KazooSession:
+    def __init__(self, zk):
+        self.zk = zk
+
+    async def lock(self, name):
+        lock = self.zk.Lock("/kazoo-bench/" + name)
+        await blocking(lock.acquire)
+        return lock.release
+
+    async def close(self):
+        await blocking(self.zk.stop)
+        await blocking(self.zk.close)
+
+
+class Etcd3:
+    """python-etcd3: a client (gRPC channel) per contender; the lock grants a lease per attempt."""
+
+    def __init__(self, endpoint):
+        self.host, port = endpoint.rsplit(":", 1)
+        self.port = int(port)
+        self.shared = None
+
+    async def connect(self, shared=False):
+        import etcd3
+
+        if shared:
+            if self.shared is None:
+                self.shared = Etcd3Session(etcd3.client(host=self.host, port=self.port))
+            return self.shared
+        return Etcd3Session(etcd3.client(host=self.host, port=self.port))
+
+
+class Etcd3Session:
+    def __init__(self, client):
+        self.client = client
+
+    async def lock(self, name):
+        lock = self.client.lock(name, ttl=TTL)
+        await blocking(lock.acquire, None)
+        return lock.release
+
+    async def close(self):
+        self.client.close()
+
+
+class Aetcd:
+    """aetcd (asyncio): a client per contender; the lock grants a lease per attempt."""
+
+    def __init__(self, endpoint):
+        self.host, port = endpoint.rsplit(":", 1)
+        self.port = int(port)
+        self.shared = None
+
+    async def _new(self):
+        import aetcd
+
+        c = aetcd.Client(host=self.host, port=self.port)
+        await c.connect()
+        return AetcdSession(c)
+
+    async def connect(self, shared=False):
+        if shared:
+            if self.shared is None:
+                self.shared = await self._new()
+            return self.shared
+        return await self._new()
+
+
+class AetcdSession:
+    def __init__(self, client):
+        self.client = client
+
+    async def lock(self, name):
+        lock = self.client.lock(name.encode(), ttl=TTL)
+        await lock.acquire(timeout=None)
+
+        async def release():
+            await lock.release()
+
+        return release
+
+    async def close(self):
+        await self.client.close()
+
+
+async def release_blocking_or_async(release):
+    if asyncio.iscoroutinefunction(release):
+        await release()
+    else:
+        await blocking(release)
+
+
+async def close_all(sessions):
+    seen = set()
+    for s in sessions:
+        if id(s) not in seen:
+            seen.add(id(s))
+            await s.close()
+
+
+async def uncontended(lib, iterations):
+    s = await lib.connect()
+    name = lock_name("uncontended")
+
+    async def op():
+        await release_blocking_or_async(await s.lock(name))
+
+    for _ in range(min(iterations, 5)):
+        await op()
+    samples = []
+    started = time.monotonic()
+    for _ in range(iterations):
+        t = time.monotonic()
+        await op()
+        samples.append((time.monotonic() - t) * 1000)
+    elapsed = time.monotonic() - started
+    await close_all([s])
+    out = {"scenario": "uncontended", "count": iterations, "ops_per_s": round(iterations / elapsed, 3)}
+    out.update(pct("", samples))
+    return out
+
+
+async def contended(lib, n, seconds):
+    name = lock_name(f"contended{n}")
+    sessions = [await lib.connect() for _ in range(n)]
+    for s in sessions:
+        await release_blocking_or_async(await s.lock(name))
+    stop = False
+    last = [None]  # (release time, releaser)
+    per, waits, handoffs = [0] * n, [], []
+
+    async def run(i, s):
+        while not stop:
+            asked = time.monotonic()
+            release = await s.lock(name)
+            granted = time.monotonic()
+            per[i] += 1
+            waits.append((granted - asked) * 1000)
+            prev = last[0]
+            if prev is not None and prev[1] != i and prev[0] >= asked:
+                handoffs.append((granted - prev[0]) * 1000)
+            last[0] = (time.monotonic(), i)
+            await release_blocking_or_async(release)
+
+    started = time.monotonic()
+    tasks = [asyncio.create_task(run(i, s)) for i, s in enumerate(sessions)]
+    await asyncio.sleep(seconds)
+    stop = True
+    _, pending = await asyncio.wait(tasks, timeout=STALL_S)
+    elapsed = time.monotonic() - started
+    if not pending:
+        await close_all(sessions)
+    total = sum(per)
+    out = {
+        "scenario": "contended",
+        "contenders": n,
+        "seconds": round(elapsed, 3),
+        "grants": total,
+        "grants_per_s": round(total / elapsed, 3),
+        "fairness": round(max(per) / min(per), 3) if min(per) > 0 else None,
+        "per_contender": per,
+        "handoffs": len(handoffs),
+    }
+    if pending:
+        # Measured until the stop; some contenders were still waiting with the lock free.
+        out["seconds"] = round(seconds, 3)
+        out["grants_per_s"] = round(total / seconds, 3)
+        out["stalled"] = len(pending)
+        out["note"] = (
+            f"{len(pending)} of {n} contenders were never granted within {STALL_S:g} s after the "
+            "others stopped, with the lock free (a lost wake-up)"
+        )
+    out.update(pct("wait_", waits))
+    out.update(pct("handoff_", handoffs))
+    return out
+
+
+async def herd(lib, waiters):
+    name = lock_name("herd")
+    holder = await lib.connect(shared=True)
+    held = await holder.lock(name)
+    rss_before = rss_kib()
+    t0 = time.monotonic()
+    sessions = [await lib.connect(shared=True) for _ in range(waiters)]
+    called = asyncio.Semaphore(0)
+
+    async def wait(s):
+        fut = asyncio.ensure_future(s.lock(name))
+        called.release()
+        await release_blocking_or_async(await fut)
+        return time.monotonic()
+
+    tasks = [asyncio.create_task(wait(s)) for s in sessions]
+    for _ in range(waiters):
+        await called.acquire()
+    await asyncio.sleep(0.5 + waiters * 0.002)
+    enqueue_s = time.monotonic() - t0
+    rss_after = rss_kib()
+    released_at = time.monotonic()
+    await release_blocking_or_async(held)
+    pending, ends = set(tasks), []
+    while pending:
+        done, pending = await asyncio.wait(pending, timeout=STALL_S)
+        if not done:
+            return {
+                "scenario": "herd",
+                "waiters": waiters,
+                "releases": waiters + 1 - len(pending),
+                "error": f"stalled: {len(pending)} of {waiters} waiters still not granted "
+                f"{STALL_S:g} s after the last grant, with the lock free (a lost wake-up)",
+            }
+        ends.extend(t.result() for t in done)
+    drain = max(ends) - released_at
+    await close_all(sessions + [holder])
+    return {
+        "scenario": "herd",
+        "waiters": waiters,
+        "releases": waiters + 1,
+        "drain_s": round(drain, 3),
+        "enqueue_s": round(enqueue_s, 3),
+        "rss_kib_per_waiter": round((rss_after - rss_before) / waiters, 3),
+    }
+
+
+async def footprint(lib, locks):
+    s = await lib.connect(shared=True)
+    prefix = lock_name("footprint")
+    gate = asyncio.Semaphore(64)
+
+    async def take(i):
+        async with gate:
+            return await s.lock(f"{prefix}/{i}")
+
+    t = time.monotonic()
+    held = await asyncio.gather(*(take(i) for i in range(locks)))
+    acquire_s = time.monotonic() - t
+    print(json.dumps({"holding": len(held)}), flush=True)
+    await blocking(sys.stdin.readline)
+
+    async def give(r):
+        async with gate:
+            await release_blocking_or_async(r)
+
+    await asyncio.gather(*(give(r) for r in held))
+    await close_all([s])
+    return {"scenario": "footprint", "locks": locks, "acquire_s": round(acquire_s, 3)}
+
+
+async def main():
+    libname, backend, endpoint, scenario, *args = sys.argv[1:]
+    libs = {"kazoo": ("zookeeper", Kazoo), "aetcd": ("etcd", Aetcd), "etcd3": ("etcd", Etcd3)}
+    want, cls = libs[libname]
+    if backend != want:
+        sys.exit(f"{libname} runs on {want}, not {backend}")
+    n = int(args[0])
+    # Blocking libraries: one thread per contender (1,000 herd waiters need 1,000).
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=(n if scenario in ('contended', 'herd') else 64) + 16)
+    )
+    lib = cls(endpoint)
+    if scenario == "uncontended":
+        out = await uncontended(lib, n)
+    elif scenario == "contended":
+        out = await contended(lib, n, float(args[1]))
+    elif scenario == "herd":
+        out = await herd(lib, n)
+    elif scenario == "footprint":
+        out = await footprint(lib, n)
+    else:
+        sys.exit(f"unknown scenario {scenario}")
+    print(json.dumps(out), flush=True)
+    os._exit(0)  # client threads (kazoo, gRPC) must not delay the exit
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

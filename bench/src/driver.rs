@@ -1,0 +1,306 @@
+//! The driver: runs every scenario of every implementation as its own process against the
+//! same server, adds what the server itself counts, and writes the results.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::scenario::BResult;
+use crate::server;
+
+/// Arguments of `queuelock-bench run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// `etcd` or `zookeeper`.
+    #[arg(long)]
+    backend: String,
+    /// The server, `host:port`.
+    #[arg(long)]
+    endpoint: String,
+    /// Short runs (a smoke test: checks the program works, says nothing about speed).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write `<date>-<backend>.{json,md,svg}`.
+    #[arg(long, default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// Date for the file names (`YYYY-MM-DD`).
+    #[arg(long)]
+    date: String,
+    /// A peer harness: `NAME=COMMAND ARGS` (whitespace-separated); the driver appends
+    /// `BACKEND ENDPOINT SCENARIO ARGS`.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// A peer that cannot run here: `NAME=REASON`.
+    #[arg(long = "unavailable")]
+    unavailable: Vec<String>,
+    /// The machine, for the report.
+    #[arg(long, default_value = "")]
+    machine: String,
+    /// Server settings, for the report.
+    #[arg(long, default_value = "")]
+    settings: String,
+    /// Anything else the report must say (e.g. other load on the machine).
+    #[arg(long, default_value = "")]
+    note: String,
+}
+
+/// How much each scenario does.
+struct Plan {
+    iterations: usize,
+    contenders: Vec<usize>,
+    seconds: f64,
+    herd: usize,
+    footprint: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            // Every scenario and implementation once, as small as still exercises it.
+            Plan {
+                iterations: 20,
+                contenders: vec![8],
+                seconds: 0.5,
+                herd: 20,
+                footprint: 50,
+            }
+        } else {
+            Plan {
+                iterations: 300,
+                contenders: vec![1, 8, 32, 128],
+                seconds: 4.0,
+                herd: 1000,
+                footprint: 10_000,
+            }
+        }
+    }
+}
+
+struct Impl {
+    name: String,
+    command: Vec<String>,
+}
+
+fn split_eq(s: &str) -> BResult<(String, String)> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    Ok((a.trim().to_owned(), b.trim().to_owned()))
+}
+
+/// Runs everything and writes the results.
+pub async fn run(args: RunArgs) -> BResult<()> {
+    let started = Instant::now();
+    let plan = Plan::new(args.quick);
+    let exe = std::env::current_exe()?.display().to_string();
+    let rust = |imp: &str| vec![exe.clone(), "harness".into(), imp.into()];
+    let mut impls = vec![Impl {
+        name: "queuelock".into(),
+        command: rust("queuelock"),
+    }];
+    if args.backend == "etcd" {
+        impls.push(Impl {
+            name: "etcd-client lock() (Rust)".into(),
+            command: rust("etcd-client"),
+        });
+    } else {
+        impls.push(Impl {
+            name: "zookeeper-client LockClient (Rust)".into(),
+            command: rust("zookeeper-client"),
+        });
+    }
+    for p in &args.peers {
+        let (name, cmd) = split_eq(p)?;
+        impls.push(Impl {
+            name,
+            command: cmd.split_whitespace().map(str::to_owned).collect(),
+        });
+    }
+    let mut unavailable = Vec::new();
+    for u in &args.unavailable {
+        let (name, reason) = split_eq(u)?;
+        unavailable.push(json!({"impl": name, "reason": reason}));
+    }
+    let (b, ep) = (args.backend.as_str(), args.endpoint.as_str());
+    let version = server::version(b, ep).unwrap_or_else(|e| format!("{b} (version unknown: {e})"));
+    eprintln!("==> bench {b} at {ep} ({version})");
+
+    let mut results = Vec::new();
+    // The floor is measured first and again last: on a shared machine the load changes
+    // during a run, and the report shows both.
+    let floor = rust("floor");
+    // A fresh server is cold (ZooKeeper's JVM has not compiled its hot paths yet): warm it
+    // up with raw writes, not counted, so that the first implementation measured (always
+    // queuelock) does not pay for it.
+    let warm_up = [(plan.iterations * 5).to_string()];
+    one(
+        &floor,
+        "server warm-up (not counted)",
+        b,
+        ep,
+        "floor",
+        &warm_up,
+    )
+    .await;
+    let floor_args = [plan.iterations.to_string()];
+    let mut r = one(&floor, "floor", b, ep, "floor", &floor_args).await;
+    r["impl"] = json!("floor");
+    r["when"] = json!("first");
+    results.push(r);
+    for imp in &impls {
+        let mut runs: Vec<(&str, Vec<String>)> =
+            vec![("uncontended", vec![plan.iterations.to_string()])];
+        for n in &plan.contenders {
+            runs.push(("contended", vec![n.to_string(), plan.seconds.to_string()]));
+        }
+        runs.push(("herd", vec![plan.herd.to_string()]));
+        runs.push(("footprint", vec![plan.footprint.to_string()]));
+        for (scenario, a) in runs {
+            let mut r = one(&imp.command, &imp.name, b, ep, scenario, &a).await;
+            r["impl"] = json!(imp.name);
+            results.push(r);
+        }
+    }
+    let mut r = one(&floor, "floor", b, ep, "floor", &floor_args).await;
+    r["impl"] = json!("floor");
+    r["when"] = json!("last");
+    results.push(r);
+    let doc = json!({
+        "backend": b,
+        "date": args.date,
+        "mode": if args.quick { "quick" } else { "full" },
+        "server": version,
+        "settings": args.settings,
+        "machine": args.machine,
+        "note": args.note,
+        "plan": {
+            "iterations": plan.iterations, "contenders": plan.contenders,
+            "seconds_per_contended_run": plan.seconds, "herd_waiters": plan.herd,
+            "footprint_locks": plan.footprint,
+        },
+        "bench_seconds": crate::scenario::round3(started.elapsed().as_secs_f64()),
+        "results": results,
+        "unavailable": unavailable,
+    });
+    crate::report::write(&args.out_dir, &doc)?;
+    Ok(())
+}
+
+/// Runs one scenario in its own process; on failure, a result carrying the error.
+async fn one(
+    command: &[String],
+    name: &str,
+    backend: &str,
+    endpoint: &str,
+    scenario: &str,
+    args: &[String],
+) -> Value {
+    eprintln!("--> {name}: {scenario} {}", args.join(" "));
+    let limit = Duration::from_secs(match scenario {
+        "footprint" | "herd" => 300,
+        _ => 120,
+    });
+    let t = Instant::now();
+    let outcome = tokio::time::timeout(
+        limit,
+        run_process(command, backend, endpoint, scenario, args),
+    )
+    .await;
+    let mut v = match outcome {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => json!({"scenario": scenario, "error": e.to_string()}),
+        Err(_) => json!({"scenario": scenario, "error": format!("timed out after {limit:?}")}),
+    };
+    if scenario == "contended" && v.get("contenders").is_none() {
+        v["contenders"] = json!(args.first().and_then(|a| a.parse::<u64>().ok()));
+    }
+    if let Some(e) = v.get("error") {
+        eprintln!("    failed: {e}");
+    } else {
+        eprintln!("    {v}");
+    }
+    v["wall_s"] = json!(crate::scenario::round3(t.elapsed().as_secs_f64()));
+    v
+}
+
+async fn run_process(
+    command: &[String],
+    backend: &str,
+    endpoint: &str,
+    scenario: &str,
+    args: &[String],
+) -> BResult<Value> {
+    let (prog, rest) = command.split_first().ok_or("empty command")?;
+    let notif_before = if scenario == "herd" {
+        server::notifications(backend, endpoint).ok()
+    } else {
+        None
+    };
+    let sessions_before = if scenario == "footprint" {
+        Some(server::sessions(backend, endpoint).await?)
+    } else {
+        None
+    };
+    let mut child = tokio::process::Command::new(prog)
+        .args(rest)
+        .args([backend, endpoint, scenario])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {prog}: {e}"))?;
+    let mut stdin = child.stdin.take();
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let err_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut result = None;
+    let mut sessions_held = None;
+    while let Some(line) = stdout.next_line().await? {
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            continue;
+        };
+        if let Some(n) = v.get("holding") {
+            let now = server::sessions(backend, endpoint).await?;
+            let before = sessions_before.clone().unwrap_or_default();
+            sessions_held = Some((now.difference(&before).count(), n.clone()));
+            if let Some(mut s) = stdin.take() {
+                s.write_all(b"go\n").await?;
+                s.flush().await?;
+            }
+        } else if v.get("scenario").is_some() {
+            result = Some(v);
+        }
+    }
+    drop(stdin);
+    let status = child.wait().await?;
+    let err = err_task.await.unwrap_or_default();
+    let mut v = match result {
+        Some(v) if status.success() => v,
+        _ => {
+            let tail: Vec<&str> = err.lines().rev().take(6).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Err(format!("exit {status}: {}", tail.join(" | ")).into());
+        }
+    };
+    if let Some(before) = notif_before {
+        if let Ok(after) = server::notifications(backend, endpoint) {
+            let releases = v["releases"].as_f64().unwrap_or(1.0).max(1.0);
+            v["server_notifications"] = json!(after - before);
+            v["notifications_per_release"] =
+                json!(crate::scenario::round3((after - before) / releases));
+        }
+    }
+    if let Some((held, _)) = sessions_held {
+        v["sessions_on_server"] = json!(held);
+    }
+    Ok(v)
+}

@@ -1,0 +1,270 @@
+//! The implementations measured in-process: queuelock itself, `etcd-client`'s server-side
+//! lock and `zookeeper-client`'s `LockClient`, plus the raw-operation floors.
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use crate::scenario::{time_loop, BResult, Factory, Held, Locker};
+
+/// The session TTL every implementation uses (etcd lease TTL, ZooKeeper session timeout).
+pub const TTL: Duration = Duration::from_secs(15);
+
+/// queuelock on etcd or ZooKeeper.
+pub struct QueueLock {
+    url: String,
+    shared: queuelock::Client,
+    clients: StdMutex<Vec<queuelock::Client>>,
+}
+
+impl QueueLock {
+    /// `backend` is `etcd` or `zookeeper`.
+    pub async fn new(backend: &str, endpoint: &str) -> BResult<Self> {
+        let scheme = if backend == "etcd" { "etcd" } else { "zk" };
+        let url = format!("{scheme}://{endpoint}/queuelock-bench?ttl=15s");
+        let shared = queuelock::Client::connect(&url).await?;
+        Ok(QueueLock {
+            url,
+            shared,
+            clients: StdMutex::new(Vec::new()),
+        })
+    }
+
+    fn keep(&self, client: queuelock::Client) -> Arc<dyn Locker> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client.clone());
+        Arc::new(QlLocker(client))
+    }
+}
+
+#[async_trait]
+impl Factory for QueueLock {
+    async fn connect(&self) -> BResult<Arc<dyn Locker>> {
+        Ok(self.keep(queuelock::Client::connect(&self.url).await?))
+    }
+
+    /// A client with its own session on the shared connection (etcd: one gRPC channel and
+    /// watch stream; ZooKeeper: every session is its own connection anyway).
+    async fn connect_shared(&self) -> BResult<Arc<dyn Locker>> {
+        let client =
+            queuelock::Client::new(self.shared.backend().clone(), self.shared.options().clone());
+        Ok(self.keep(client))
+    }
+
+    fn client_wakeups(&self) -> Option<u64> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        Some(clients.iter().map(|c| c.stats().wakeups).sum())
+    }
+}
+
+struct QlLocker(queuelock::Client);
+
+#[async_trait]
+impl Locker for QlLocker {
+    async fn lock(&self, name: &str) -> BResult<Box<dyn Held>> {
+        Ok(Box::new(self.0.mutex(name)?.lock().await?))
+    }
+    async fn close(&self) -> BResult<()> {
+        Ok(self.0.close().await?)
+    }
+}
+
+#[async_trait]
+impl Held for queuelock::MutexGuard {
+    async fn release(self: Box<Self>) -> BResult<()> {
+        Ok((*self).release().await?)
+    }
+}
+
+/// `etcd-client`'s `lock()`/`unlock()` (etcd's server-side lock service, v3lock) with a
+/// lease kept alive by the client.
+pub struct EtcdClientLock {
+    endpoint: String,
+    shared: etcd_client::Client,
+}
+
+impl EtcdClientLock {
+    /// Connects the shared channel.
+    pub async fn new(endpoint: &str) -> BResult<Self> {
+        Ok(EtcdClientLock {
+            endpoint: endpoint.to_owned(),
+            shared: etcd_client::Client::connect([endpoint], None).await?,
+        })
+    }
+
+    async fn session(client: etcd_client::Client) -> BResult<Arc<dyn Locker>> {
+        let mut c = client.clone();
+        let lease = c.lease_grant(TTL.as_secs() as i64, None).await?.id();
+        let (mut keeper, mut responses) = c.lease_keep_alive(lease).await?;
+        let keep_alive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TTL / 3).await;
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match responses.message().await {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        });
+        Ok(Arc::new(EtcdLocker {
+            client,
+            lease,
+            keep_alive,
+        }))
+    }
+}
+
+#[async_trait]
+impl Factory for EtcdClientLock {
+    async fn connect(&self) -> BResult<Arc<dyn Locker>> {
+        Self::session(etcd_client::Client::connect([&self.endpoint], None).await?).await
+    }
+    async fn connect_shared(&self) -> BResult<Arc<dyn Locker>> {
+        Self::session(self.shared.clone()).await
+    }
+}
+
+struct EtcdLocker {
+    client: etcd_client::Client,
+    lease: i64,
+    keep_alive: tokio::task::JoinHandle<()>,
+}
+
+#[async_trait]
+impl Locker for EtcdLocker {
+    async fn lock(&self, name: &str) -> BResult<Box<dyn Held>> {
+        let mut c = self.client.clone();
+        let opts = etcd_client::LockOptions::new().with_lease(self.lease);
+        let key = c.lock(name, Some(opts)).await?.key().to_vec();
+        Ok(Box::new(EtcdHeld { client: c, key }))
+    }
+    async fn close(&self) -> BResult<()> {
+        self.keep_alive.abort();
+        self.client.clone().lease_revoke(self.lease).await?;
+        Ok(())
+    }
+}
+
+struct EtcdHeld {
+    client: etcd_client::Client,
+    key: Vec<u8>,
+}
+
+#[async_trait]
+impl Held for EtcdHeld {
+    async fn release(mut self: Box<Self>) -> BResult<()> {
+        self.client.unlock(self.key.clone()).await?;
+        Ok(())
+    }
+}
+
+/// `zookeeper-client`'s own `Client::lock` (`LockClient`), with Curator's node naming.
+pub struct ZkClientLock {
+    endpoint: String,
+}
+
+impl ZkClientLock {
+    /// Connects per session (ZooKeeper has one session per connection).
+    pub fn new(endpoint: &str) -> Self {
+        ZkClientLock {
+            endpoint: endpoint.to_owned(),
+        }
+    }
+}
+
+/// Connects a `zookeeper-client` session with the common TTL.
+pub async fn zk_connect(endpoint: &str) -> BResult<zookeeper_client::Client> {
+    Ok(zookeeper_client::Client::connector()
+        .with_session_timeout(TTL)
+        .connect(endpoint)
+        .await?)
+}
+
+#[async_trait]
+impl Factory for ZkClientLock {
+    async fn connect(&self) -> BResult<Arc<dyn Locker>> {
+        Ok(Arc::new(ZkLocker(zk_connect(&self.endpoint).await?)))
+    }
+}
+
+struct ZkLocker(zookeeper_client::Client);
+
+#[async_trait]
+impl Locker for ZkLocker {
+    async fn lock(&self, name: &str) -> BResult<Box<dyn Held>> {
+        use zookeeper_client::{Acls, CreateMode, LockOptions, LockPrefix};
+        let dir = format!("/zkclient-bench/{name}");
+        let prefix = LockPrefix::new_curator(&dir, "lock-")?;
+        let options = LockOptions::new(Acls::anyone_all())
+            .with_ancestor_options(CreateMode::Persistent.with_acls(Acls::anyone_all()))?;
+        let lock = self.0.lock(prefix, b"", options).await?;
+        Ok(Box::new(ZkHeld {
+            _lock: lock.into_owned(),
+        }))
+    }
+    async fn close(&self) -> BResult<()> {
+        // Dropping the last handle closes the session.
+        Ok(())
+    }
+}
+
+/// Holds the lock while it lives.
+struct ZkHeld {
+    _lock: zookeeper_client::OwnedLockClient,
+}
+
+#[async_trait]
+impl Held for ZkHeld {
+    /// `LockClient` releases by being dropped: the delete runs in the background.
+    async fn release(self: Box<Self>) -> BResult<()> {
+        drop(self);
+        Ok(())
+    }
+}
+
+/// Scenario 1, etcd: put-with-lease + delete, the writes a lock needs, timed as a pair.
+pub async fn etcd_floor(endpoint: &str, iterations: usize) -> BResult<Value> {
+    let mut client = etcd_client::Client::connect([endpoint], None).await?;
+    let lease = client.lease_grant(TTL.as_secs() as i64, None).await?.id();
+    let key = format!("floor-{}", std::process::id());
+    let mut out = time_loop(iterations, || {
+        let (mut c, key) = (client.clone(), key.clone());
+        async move {
+            let opts = etcd_client::PutOptions::new().with_lease(lease);
+            c.put(key.as_str(), "", Some(opts)).await?;
+            c.delete(key.as_str(), None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    client.lease_revoke(lease).await?;
+    out["scenario"] = json!("floor");
+    out["operations"] = json!("put-with-lease + delete");
+    Ok(out)
+}
+
+/// Scenario 1, ZooKeeper: create-ephemeral + delete, timed as a pair.
+pub async fn zk_floor(endpoint: &str, iterations: usize) -> BResult<Value> {
+    use zookeeper_client::{Acls, CreateMode};
+    let client = zk_connect(endpoint).await?;
+    let path = format!("/floor-{}", std::process::id());
+    let opts = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+    let mut out = time_loop(iterations, || {
+        let (client, path, opts) = (&client, path.clone(), opts.clone());
+        async move {
+            client.create(&path, b"", &opts).await?;
+            client.delete(&path, None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    out["scenario"] = json!("floor");
+    out["operations"] = json!("create-ephemeral + delete");
+    Ok(out)
+}

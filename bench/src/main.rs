@@ -1,0 +1,111 @@
+//! `queuelock-bench`: queuelock against its peers and the raw backend floor, on the same
+//! server in the same run (issue #7). `scripts/bench` starts the servers and calls this.
+//!
+//! * `queuelock-bench run --backend etcd --endpoint 127.0.0.1:2379 --peer NAME=CMD ...`
+//!   runs every scenario for every implementation, each scenario in its own process, and
+//!   writes `<out>/<date>-<backend>.{json,md,svg}`.
+//! * `queuelock-bench harness IMPL BACKEND ENDPOINT SCENARIO ARGS...` is one scenario of a
+//!   Rust implementation, with the same command line and JSON output as the Go, Java and
+//!   Python harnesses under `bench/peers/`.
+
+mod driver;
+mod impls;
+mod report;
+mod scenario;
+mod server;
+
+use clap::{Parser, Subcommand};
+
+use crate::scenario::BResult;
+
+#[derive(Parser)]
+#[command(about = "queuelock benchmarks against its peers and the backend floor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs every scenario for every implementation and writes the results.
+    Run(driver::RunArgs),
+    /// One scenario of a Rust implementation; prints JSON lines.
+    Harness {
+        /// `queuelock`, `etcd-client` (etcd), `zookeeper-client` (ZooKeeper) or `floor`.
+        implementation: String,
+        /// `etcd` or `zookeeper`.
+        backend: String,
+        /// `host:port`.
+        endpoint: String,
+        /// `floor`, `uncontended`, `contended`, `herd` or `footprint`.
+        scenario: String,
+        /// Iterations, contenders, waiters or locks; `contended` also takes seconds.
+        args: Vec<String>,
+    },
+}
+
+fn main() -> BResult<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run(args) => rt.block_on(driver::run(args)),
+        Command::Harness {
+            implementation,
+            backend,
+            endpoint,
+            scenario,
+            args,
+        } => {
+            let out = rt.block_on(harness(
+                &implementation,
+                &backend,
+                &endpoint,
+                &scenario,
+                &args,
+            ))?;
+            println!("{out}");
+            // Background tasks (keep-alives, watch streams) must not delay the exit.
+            rt.shutdown_timeout(std::time::Duration::from_millis(100));
+            Ok(())
+        }
+    }
+}
+
+async fn harness(
+    implementation: &str,
+    backend: &str,
+    endpoint: &str,
+    scenario: &str,
+    args: &[String],
+) -> BResult<serde_json::Value> {
+    let n: usize = args
+        .first()
+        .ok_or("missing count argument")?
+        .parse()
+        .map_err(|e| format!("bad count: {e}"))?;
+    if implementation == "floor" {
+        return match backend {
+            "etcd" => impls::etcd_floor(endpoint, n).await,
+            _ => impls::zk_floor(endpoint, n).await,
+        };
+    }
+    let factory: Box<dyn scenario::Factory> = match (implementation, backend) {
+        ("queuelock", _) => Box::new(impls::QueueLock::new(backend, endpoint).await?),
+        ("etcd-client", "etcd") => Box::new(impls::EtcdClientLock::new(endpoint).await?),
+        ("zookeeper-client", "zookeeper") => Box::new(impls::ZkClientLock::new(endpoint)),
+        _ => return Err(format!("no implementation {implementation} on {backend}").into()),
+    };
+    let f = factory.as_ref();
+    match scenario {
+        "uncontended" => scenario::uncontended(f, n).await,
+        "contended" => {
+            let secs: f64 = args.get(1).map_or(Ok(3.0), |s| s.parse())?;
+            scenario::contended(f, n, secs).await
+        }
+        "herd" => scenario::herd(f, n).await,
+        "footprint" => scenario::footprint(f, n).await,
+        other => Err(format!("unknown scenario {other}").into()),
+    }
+}

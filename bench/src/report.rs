@@ -1,0 +1,367 @@
+//! Writes a run's results: the JSON document, a Markdown table and an SVG chart.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::scenario::BResult;
+
+/// Writes `<dir>/<date>-<backend>.{json,md,svg}`.
+pub fn write(dir: &Path, doc: &Value) -> BResult<()> {
+    std::fs::create_dir_all(dir)?;
+    let base = format!(
+        "{}-{}",
+        doc["date"].as_str().unwrap_or("undated"),
+        doc["backend"].as_str().unwrap_or("backend")
+    );
+    let json_path = dir.join(format!("{base}.json"));
+    std::fs::write(&json_path, format!("{doc:#}\n"))?;
+    let svg_path = dir.join(format!("{base}.svg"));
+    chart(&svg_path, doc)?;
+    let md = markdown(doc, &format!("{base}.svg"));
+    let md_path = dir.join(format!("{base}.md"));
+    std::fs::write(&md_path, &md)?;
+    eprintln!(
+        "==> wrote {}, {} and {}",
+        json_path.display(),
+        md_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
+fn results(doc: &Value) -> &[Value] {
+    doc["results"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn find<'a>(doc: &'a Value, imp: &str, scenario: &str, n: Option<u64>) -> Option<&'a Value> {
+    results(doc).iter().find(|r| {
+        r["impl"] == imp
+            && r["scenario"] == scenario
+            && n.map_or(true, |n| r["contenders"].as_u64() == Some(n))
+    })
+}
+
+/// Implementation names in run order, without the floor.
+fn impl_names(doc: &Value) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in results(doc) {
+        if let Some(n) = r["impl"].as_str() {
+            if n != "floor" && !names.iter().any(|x| x == n) {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    names
+}
+
+fn num(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+fn fmt_ms(v: &Value) -> String {
+    num(v).map_or("–".into(), |x| format!("{x:.2}"))
+}
+
+fn fmt_int(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+/// One cell: the figure, an error, or a dash.
+fn cell(r: Option<&Value>, f: impl Fn(&Value) -> Option<String>) -> String {
+    match r {
+        None => "–".into(),
+        Some(r) if r.get("error").is_some() => "failed ¹".into(),
+        Some(r) => {
+            let v = f(r).unwrap_or_else(|| "n/m".into());
+            if r.get("note").is_some() {
+                format!("{v} ²")
+            } else {
+                v
+            }
+        }
+    }
+}
+
+fn markdown(doc: &Value, svg_name: &str) -> String {
+    let names = impl_names(doc);
+    // Ratios are to the better of the floors measured first and last (the least loaded
+    // moment), so that load on a shared machine does not flatter the implementations.
+    let floors: Vec<&Value> = results(doc)
+        .iter()
+        .filter(|r| r["impl"] == "floor" && r.get("error").is_none())
+        .collect();
+    let floor_p50 = floors
+        .iter()
+        .filter_map(|f| num(&f["p50_ms"]))
+        .reduce(f64::min);
+    let floor_rate = floors
+        .iter()
+        .filter_map(|f| num(&f["ops_per_s"]))
+        .reduce(f64::max);
+    let ratio_ms = |x: Option<f64>| match (x, floor_p50) {
+        (Some(x), Some(f)) if f > 0.0 => format!(" ({:.1}× floor)", x / f),
+        _ => String::new(),
+    };
+    let ratio_rate = |x: f64| match floor_rate {
+        Some(f) if f > 0.0 => format!(" ({:.2}× floor)", x / f),
+        _ => String::new(),
+    };
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "### {} — {} ({} run, {})\n",
+        doc["server"].as_str().unwrap_or("?"),
+        doc["date"].as_str().unwrap_or("?"),
+        doc["mode"].as_str().unwrap_or("?"),
+        doc["settings"].as_str().unwrap_or(""),
+    );
+    let _ = writeln!(md, "Machine: {}.", doc["machine"].as_str().unwrap_or("?"));
+    if let Some(n) = doc["note"].as_str().filter(|n| !n.is_empty()) {
+        let _ = writeln!(md, "{n}");
+    }
+    let _ = writeln!(
+        md,
+        "Bench run took {:.0} s for this backend.\n",
+        num(&doc["bench_seconds"]).unwrap_or(0.0)
+    );
+    for f in &floors {
+        let _ = writeln!(
+            md,
+            "**Floor**, measured {} ({}, same Rust client): p50 {} / p99 {} / max {} ms, {} pairs/s.\n",
+            f["when"].as_str().unwrap_or("once"),
+            f["operations"].as_str().unwrap_or("raw write pair"),
+            fmt_ms(&f["p50_ms"]),
+            fmt_ms(&f["p99_ms"]),
+            fmt_ms(&f["max_ms"]),
+            num(&f["ops_per_s"]).map_or("?".into(), fmt_int),
+        );
+    }
+    let _ = write!(md, "| scenario |");
+    for n in &names {
+        let _ = write!(md, " {n} |");
+    }
+    let _ = write!(md, "\n|---|");
+    for _ in &names {
+        let _ = write!(md, "---|");
+    }
+    md.push('\n');
+    let mut row = |label: String, f: &dyn Fn(&str) -> String| {
+        let _ = write!(md, "| {label} |");
+        for n in &names {
+            let _ = write!(md, " {} |", f(n));
+        }
+        md.push('\n');
+    };
+    row("uncontended lock+release p50 / p99 / max ms".into(), &|n| {
+        cell(find(doc, n, "uncontended", None), |r| {
+            Some(format!(
+                "{} / {} / {}{}",
+                fmt_ms(&r["p50_ms"]),
+                fmt_ms(&r["p99_ms"]),
+                fmt_ms(&r["max_ms"]),
+                ratio_ms(num(&r["p50_ms"]))
+            ))
+        })
+    });
+    let contenders: Vec<u64> = doc["plan"]["contenders"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    for c in &contenders {
+        row(
+            format!("contended, {c} sessions: grants/s (fairness max/min)"),
+            &|n| {
+                cell(find(doc, n, "contended", Some(*c)), |r| {
+                    let rate = num(&r["grants_per_s"])?;
+                    let fair = num(&r["fairness"])
+                        .map_or("∞: a contender got 0".into(), |f| format!("{f:.2}"));
+                    Some(format!("{}{} ({fair})", fmt_int(rate), ratio_rate(rate)))
+                })
+            },
+        );
+    }
+    for c in contenders.iter().filter(|c| **c == 8 || **c == 128) {
+        row(format!("handoff, {c} sessions: p50 / p99 / max ms"), &|n| {
+            cell(find(doc, n, "contended", Some(*c)), |r| {
+                num(&r["handoff_p50_ms"])?;
+                Some(format!(
+                    "{} / {} / {}{}",
+                    fmt_ms(&r["handoff_p50_ms"]),
+                    fmt_ms(&r["handoff_p99_ms"]),
+                    fmt_ms(&r["handoff_max_ms"]),
+                    ratio_ms(num(&r["handoff_p50_ms"]))
+                ))
+            })
+        });
+    }
+    let herd = doc["plan"]["herd_waiters"].as_u64().unwrap_or(0);
+    row(
+        format!("herd, {herd} waiters: notifications per release (server count)"),
+        &|n| {
+            cell(find(doc, n, "herd", None), |r| {
+                let mut s = format!("{:.2}", num(&r["notifications_per_release"])?);
+                if let Some(w) = r["client_wakeups"].as_u64() {
+                    let rel = num(&r["releases"]).unwrap_or(1.0);
+                    let _ = write!(s, " (client wakeups {:.2})", w as f64 / rel);
+                }
+                Some(s)
+            })
+        },
+    );
+    row(format!("herd, {herd} waiters: drain time s"), &|n| {
+        cell(find(doc, n, "herd", None), |r| {
+            Some(format!("{:.2}", num(&r["drain_s"])?))
+        })
+    });
+    row(
+        "client memory per waiting contender, KiB RSS".into(),
+        &|n| {
+            cell(find(doc, n, "herd", None), |r| {
+                Some(format!("{:.0}", num(&r["rss_kib_per_waiter"])?))
+            })
+        },
+    );
+    let locks = doc["plan"]["footprint_locks"].as_u64().unwrap_or(0);
+    row(
+        format!(
+            "sessions/leases on the server for {} held locks",
+            fmt_int(locks as f64)
+        ),
+        &|n| {
+            cell(find(doc, n, "footprint", None), |r| {
+                Some(format!(
+                    "{} (took {:.2} s)",
+                    r["sessions_on_server"].as_u64()?,
+                    num(&r["acquire_s"]).unwrap_or(0.0)
+                ))
+            })
+        },
+    );
+    let _ = writeln!(
+        md,
+        "\n“n/m”: not measurable for this implementation; “–”: not run. Ratios are to the \
+         better floor: its p50 (latencies) or pairs/s (throughput; contended grants can beat \
+         it because many sessions keep the server busy at once, while the floor is one \
+         client's sequential round trips)."
+    );
+    footnotes(&mut md, doc, "error", "¹ Failures");
+    footnotes(&mut md, doc, "note", "² Notes");
+    if let Some(u) = doc["unavailable"].as_array().filter(|u| !u.is_empty()) {
+        let _ = writeln!(md, "\nPeers that could not run here:\n");
+        for p in u {
+            let _ = writeln!(
+                md,
+                "- {}: {}",
+                p["impl"].as_str().unwrap_or("?"),
+                p["reason"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    let _ = writeln!(md, "\n![grants per second by contenders]({svg_name})");
+    md
+}
+
+/// Lists every result carrying `field` (an error or a note) under `title`.
+fn footnotes(md: &mut String, doc: &Value, field: &str, title: &str) {
+    let hits: Vec<&Value> = results(doc)
+        .iter()
+        .filter(|r| r.get(field).is_some())
+        .collect();
+    if hits.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n{title}:\n");
+    for r in hits {
+        let _ = writeln!(
+            md,
+            "- {} / {} {}: {}",
+            r["impl"].as_str().unwrap_or("?"),
+            r["scenario"].as_str().unwrap_or("?"),
+            r["contenders"]
+                .as_u64()
+                .map_or(String::new(), |c| c.to_string()),
+            r[field].as_str().unwrap_or("?")
+        );
+    }
+}
+
+/// Grants per second against contenders, one line per implementation.
+fn chart(path: &Path, doc: &Value) -> BResult<()> {
+    use plotters::prelude::*;
+    let contenders: Vec<u64> = doc["plan"]["contenders"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let names = impl_names(doc);
+    let series: Vec<(String, Vec<(f64, f64)>)> = names
+        .iter()
+        .map(|n| {
+            let pts = contenders
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let r = find(doc, n, "contended", Some(*c))?;
+                    Some((i as f64, num(&r["grants_per_s"])?))
+                })
+                .collect();
+            (n.clone(), pts)
+        })
+        .collect();
+    let ymax = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(10.0_f64, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(path, (860, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let title = format!(
+        "{}: grants/s by contenders on one lock",
+        doc["server"].as_str().unwrap_or("?")
+    );
+    let xmax = (contenders.len().max(2) - 1) as f64;
+    let mut ch = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.2..xmax + 0.2, 0.0..ymax)?;
+    let labels = contenders.clone();
+    ch.configure_mesh()
+        .x_desc("contenders")
+        .y_desc("grants per second")
+        .x_labels(contenders.len().max(2))
+        .x_label_formatter(&|x| {
+            let i = x.round() as usize;
+            if (x - i as f64).abs() < 0.01 {
+                labels.get(i).map_or(String::new(), |c| c.to_string())
+            } else {
+                String::new()
+            }
+        })
+        .draw()?;
+    for (i, (name, pts)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        ch.draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+        ch.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    ch.configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
