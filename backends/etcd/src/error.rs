@@ -29,6 +29,12 @@ pub fn map_error(e: etcd_client::Error) -> Error {
                     source: Some(Box::new(status)),
                 }
             }
+            // A GOAWAY (e.g. "too_many_pings") ends the connection, not the request's
+            // chance: the outcome is unknown and a new connection will serve a retry.
+            Code::ResourceExhausted if is_goaway(&message) => Error::Connection {
+                message,
+                source: Some(Box::new(status)),
+            },
             Code::Unavailable
             | Code::DeadlineExceeded
             | Code::Cancelled
@@ -86,4 +92,26 @@ fn refused_our_certificate(m: &str) -> bool {
     ]
     .iter()
     .any(|alert| m.contains(&format!("received fatal alert: {alert}")))
+}
+
+/// Whether an error is the server closing the HTTP/2 connection (GOAWAY), which tonic
+/// reports as a status only in its message.
+fn is_goaway(message: &str) -> bool {
+    message.contains("GoAway") || message.contains("too_many_pings")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goaway_is_a_connection_error_other_exhaustion_is_not() {
+        // What the Jepsen test saw when pings came too often.
+        let goaway = tonic::Status::resource_exhausted(
+            "h2 protocol error: http2 error: connection error received: GoAway(b\"too_many_pings\", ENHANCE_YOUR_CALM, Remote)",
+        );
+        assert!(map_error(etcd_client::Error::GRpcStatus(goaway)).is_retryable());
+        let full = tonic::Status::resource_exhausted("etcdserver: mvcc: database space exceeded");
+        assert!(!map_error(etcd_client::Error::GRpcStatus(full)).is_retryable());
+    }
 }

@@ -134,8 +134,12 @@ impl EtcdBackend {
         let endpoints: Vec<String> = endpoints.iter().map(|e| e.as_ref().to_owned()).collect();
         let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout.unwrap_or(Duration::from_secs(10)))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            // HTTP/2 pings find a dead connection without waiting for TCP. etcd answers
+            // pings closer than --grpc-keepalive-min-time (5 s by default), or any ping
+            // on a connection without streams, with GOAWAY "too_many_pings": 6 s, and
+            // only while streams (lease keep-alives, watches) are open.
+            .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
+            .with_keep_alive_while_idle(false);
         if let Some(t) = options.request_timeout {
             opts = opts.with_timeout(t);
         }
