@@ -162,6 +162,7 @@ fn event_time(e: &Event) -> u64 {
         | Event::Lost { t, .. }
         | Event::ReleaseStart { t, .. }
         | Event::Released { t, .. }
+        | Event::SelfFreeze { t, .. }
         | Event::Done { t, .. } => *t,
         Event::Read { t1, .. } | Event::Write { t1, .. } => *t1,
     }
@@ -177,6 +178,11 @@ fn touches(f: &Fault, g: &Grant) -> bool {
         Some(w) => w == g.w,
         None => f.session.map_or(true, |s| s == g.session),
     }
+}
+
+/// A process pause: the nemesis's SIGSTOP, or a worker's own before an access.
+fn is_freeze(f: &Fault) -> bool {
+    f.kind == "freeze" || f.kind == "self-freeze"
 }
 
 pub fn check(run: &Run) -> Verdict {
@@ -207,7 +213,7 @@ pub fn check(run: &Run) -> Verdict {
             // the guarantee, and the holder must learn of the loss right after.
             let excused = l.lost
                 && run.faults.iter().any(|f| {
-                    (f.kind == "freeze" || f.kind == "admin-expire")
+                    (is_freeze(f) || f.kind == "admin-expire")
                         && touches(f, l)
                         && f.t0 <= from
                         && l.end <= f.t1 + margin
@@ -409,7 +415,7 @@ pub fn check(run: &Run) -> Verdict {
             unexplained.push(g.clone());
             continue;
         };
-        let (from, bound) = if f.kind == "freeze" {
+        let (from, bound) = if is_freeze(f) {
             (f.t1.max(g.start), margin)
         } else {
             (f.t0.max(g.start), ttl + margin)

@@ -80,6 +80,10 @@ pub enum Event {
         error: Option<String>,
         timeout: bool,
     },
+    /// The worker stops itself (SIGSTOP) right after checking it still holds the lock
+    /// and right before a register access: the pause no client can guard against, which
+    /// only the register's fencing can make harmless. The driver thaws it.
+    SelfFreeze { w: usize, op: u64, t: u64 },
     /// The worker closed its client and is exiting normally.
     Done { w: usize, t: u64 },
 }

@@ -25,6 +25,8 @@ mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use queuelock::backend::testkit::proxy::Proxy;
@@ -223,13 +225,24 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
             listing.nodes.first().map(|n| n.key.clone())
         }) as futures::future::BoxFuture<'static, Option<String>>
     };
-    let faults = nemesis.run(stop_at, &hint, &head).await;
+    let stop_thawing = Arc::new(AtomicBool::new(false));
+    let thawer = tokio::spawn(nemesis::thaw_self_frozen(
+        nemesis.pids.clone(),
+        nemesis.frozen.clone(),
+        o.ttl,
+        o.seed,
+        stop_thawing.clone(),
+    ));
+    let mut faults = nemesis.run(stop_at, &hint, &head).await;
     nemesis.heal();
 
     // Every worker stops by itself after its current attempt; one that does not is hung.
     let grace =
         worker::lock_timeout(o.ttl) + worker::release_timeout(o.ttl) + Duration::from_secs(60);
     let exits = tokio::task::block_in_place(|| wait_all(&mut children, grace));
+    stop_thawing.store(true, Ordering::SeqCst);
+    faults.extend(thawer.await.expect("thawer"));
+    faults.sort_by_key(|f| f.t0);
 
     // Sessions closed (or, for a worker that could not close, expired): no node stays.
     let deadline = Instant::now() + o.ttl * 2 + checker::MARGIN;

@@ -1,6 +1,9 @@
 //! The nemesis: one fault at a time, kinds in a shuffled rotation, random durations and
 //! quiet gaps, until the stop time; every fault healed before it returns.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -31,6 +34,8 @@ pub struct Nemesis {
     pub rng: StdRng,
     /// Faults the backend cannot have, with why.
     pub unavailable: Vec<(String, String)>,
+    /// Workers the nemesis itself has frozen right now.
+    pub frozen: Arc<StdMutex<HashSet<usize>>>,
 }
 
 /// Who touched the register last and how long ago (µs): the driver's view of it.
@@ -54,6 +59,7 @@ impl Nemesis {
             ttl,
             rng: StdRng::seed_from_u64(seed),
             unavailable: Vec::new(),
+            frozen: Arc::default(),
         }
     }
 
@@ -139,9 +145,11 @@ impl Nemesis {
                         self.ms(Duration::from_millis(100), ttl / 3)
                     };
                     let pid = Pid::from_raw(self.pids[w] as i32);
+                    self.frozen.lock().expect("frozen").insert(w);
                     let _ = kill(pid, Signal::SIGSTOP);
                     tokio::time::sleep(d).await;
                     let _ = kill(pid, Signal::SIGCONT);
+                    self.frozen.lock().expect("frozen").remove(&w);
                     fault(Some(w), format!("SIGSTOP {d:?}"), None)
                 }
                 "blackhole" | "drop" | "delay" => {
@@ -187,11 +195,56 @@ impl Nemesis {
         faults
     }
 
-    /// Heals everything (the run is over): links pass, every worker runs.
+    /// Heals the links (the run is over). Frozen workers are thawed by whoever froze
+    /// them, so that every freeze is on record.
     pub fn heal(&self) {
         for w in 0..self.proxies.len() {
             self.set_links(w, Mode::Pass);
-            let _ = kill(Pid::from_raw(self.pids[w] as i32), Signal::SIGCONT);
         }
     }
+}
+
+/// Thaws workers that stopped themselves (see `Event::SelfFreeze`) once the TTL and a
+/// bit more has passed, recording each as a fault, until `stop` is set.
+pub async fn thaw_self_frozen(
+    pids: Vec<u32>,
+    frozen: Arc<StdMutex<HashSet<usize>>>,
+    ttl: Duration,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5e1f);
+    let mut faults = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        for (w, &pid) in pids.iter().enumerate() {
+            if frozen.lock().expect("frozen").contains(&w) || !stopped(pid) {
+                continue;
+            }
+            let t0 = now_us();
+            let d = ttl + Duration::from_millis(rng.random_range(1000..2500));
+            tokio::time::sleep(d).await;
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+            faults.push(Fault {
+                kind: "self-freeze".into(),
+                worker: Some(w),
+                detail: format!("stopped itself before a write; thawed after {d:?}"),
+                session: None,
+                t0,
+                t1: now_us(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    faults
+}
+
+/// Whether process `pid` is stopped (state `T` in /proc).
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        })
+        == Some('T')
 }

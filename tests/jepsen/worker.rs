@@ -56,6 +56,9 @@ impl WorkerArgs {
     }
 }
 
+/// How often a long critical section freezes itself before a write.
+const SELF_FREEZE: f64 = 0.05;
+
 /// How long one `lock()` may take before the worker gives up on it (recorded, not a
 /// failure by itself: a frozen or partitioned holder ahead keeps everyone waiting).
 pub fn lock_timeout(ttl: Duration) -> Duration {
@@ -249,6 +252,13 @@ impl Held<'_> {
         tokio::time::sleep(pause).await;
         if !self.still_held() {
             return Some(true);
+        }
+        // Now and then, in a long critical section, freeze between the check and the
+        // access (the driver thaws us after the TTL): the write goes out under a token
+        // that may be stale by then.
+        if pause >= Duration::from_millis(100) && rand::rng().random_bool(SELF_FREEZE) {
+            self.log.put(&Event::SelfFreeze { w, op, t: now_us() });
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
         }
         let t0 = now_us();
         let wrote = reg.write(token, value + 1).await;
