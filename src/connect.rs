@@ -1,7 +1,6 @@
 //! From a [`Config`] to a backend: the one place that knows every backend crate.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+use std::sync::Arc;
 
 use queuelock_core::{Backend, Error, Result};
 
@@ -171,6 +170,8 @@ fn load_tls(tls: Option<&TlsConfig>) -> Result<Option<queuelock_core::TlsPem>> {
 #[cfg(feature = "memory")]
 fn memory(name: Option<&str>) -> Result<Arc<dyn Backend>> {
     use queuelock_memory::MemoryBackend;
+    use std::collections::HashMap;
+    use std::sync::{Mutex as StdMutex, OnceLock};
     static NAMED: OnceLock<StdMutex<HashMap<String, MemoryBackend>>> = OnceLock::new();
     let backend = match name {
         None => MemoryBackend::global(),
