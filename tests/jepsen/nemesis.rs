@@ -1,7 +1,7 @@
 //! The nemesis: one fault at a time, kinds in a shuffled rotation, random durations and
 //! quiet gaps, until the stop time; every fault healed before it returns.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -205,7 +205,8 @@ impl Nemesis {
 }
 
 /// Thaws workers that stopped themselves (see `Event::SelfFreeze`) once the TTL and a
-/// bit more has passed, recording each as a fault, until `stop` is set.
+/// bit more has passed, recording each as a fault, until `stop` is set. Each stopped
+/// worker gets its own timer: several may be stopped at once.
 pub async fn thaw_self_frozen(
     pids: Vec<u32>,
     frozen: Arc<StdMutex<HashSet<usize>>>,
@@ -214,26 +215,45 @@ pub async fn thaw_self_frozen(
     stop: Arc<AtomicBool>,
 ) -> Vec<Fault> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5e1f);
+    let mut thawing: HashMap<usize, tokio::task::JoinHandle<Fault>> = HashMap::new();
     let mut faults = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) || !thawing.is_empty() {
+        let done: Vec<usize> = thawing
+            .iter()
+            .filter(|(_, t)| t.is_finished())
+            .map(|(&w, _)| w)
+            .collect();
+        for w in done {
+            if let Some(t) = thawing.remove(&w) {
+                faults.push(t.await.expect("thaw task"));
+            }
+        }
         for (w, &pid) in pids.iter().enumerate() {
-            if frozen.lock().expect("frozen").contains(&w) || !stopped(pid) {
+            if thawing.contains_key(&w)
+                || frozen.lock().expect("frozen").contains(&w)
+                || !stopped(pid)
+            {
                 continue;
             }
             let t0 = now_us();
             let d = ttl + Duration::from_millis(rng.random_range(1000..2500));
-            tokio::time::sleep(d).await;
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
-            faults.push(Fault {
-                kind: "self-freeze".into(),
-                worker: Some(w),
-                detail: format!("stopped itself before a write; thawed after {d:?}"),
-                session: None,
-                t0,
-                t1: now_us(),
-            });
+            thawing.insert(
+                w,
+                tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+                    Fault {
+                        kind: "self-freeze".into(),
+                        worker: Some(w),
+                        detail: format!("stopped itself before a write; thawed after {d:?}"),
+                        session: None,
+                        t0,
+                        t1: now_us(),
+                    }
+                }),
+            );
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     faults
 }
