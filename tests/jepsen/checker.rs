@@ -214,16 +214,8 @@ fn faults_as_lived(run: &Run) -> Vec<Fault> {
 
 pub fn check(run: &Run) -> Verdict {
     let gs = grants(run);
-    let lived = faults_as_lived(run);
-    let run = &Run {
-        workers: run.workers.clone(),
-        faults: lived,
-        register: run.register.clone(),
-        register_final: run.register_final,
-        exits: run.exits.clone(),
-        leftover: run.leftover.clone(),
-        ttl: run.ttl,
-    };
+    // Every rule below reads the faults as lived, never `run.faults`.
+    let faults = faults_as_lived(run);
     let mut v: Vec<Violation> = Vec::new();
     let mut bad = |kind: &'static str, detail: String, window: (u64, u64)| {
         v.push(Violation {
@@ -249,7 +241,7 @@ pub fn check(run: &Run) -> Verdict {
             // nor can a frozen process hear anything: there the register's fencing is
             // the guarantee, and the holder must learn of the loss right after.
             let excused = l.lost
-                && run.faults.iter().any(|f| {
+                && faults.iter().any(|f| {
                     (is_freeze(f) || f.kind == "admin-expire")
                         && touches(f, l)
                         && f.t0 <= from
@@ -443,8 +435,7 @@ pub fn check(run: &Run) -> Verdict {
     let mut notice: BTreeMap<String, u64> = BTreeMap::new();
     let mut unexplained = Vec::new();
     for g in gs.iter().filter(|g| g.lost) {
-        let cause = run
-            .faults
+        let cause = faults
             .iter()
             .filter(|f| touches(f, g) && f.t0 <= g.end && f.t1 + ttl + margin >= g.start)
             .max_by_key(|f| f.t0);
@@ -494,8 +485,7 @@ pub fn check(run: &Run) -> Verdict {
     }
     for pair in starts.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let worst_fault = run
-            .faults
+        let worst_fault = faults
             .iter()
             .filter(|f| f.t1 >= a && f.t0 <= b)
             .map(|f| f.t1 - f.t0)
@@ -515,16 +505,16 @@ pub fn check(run: &Run) -> Verdict {
         }
     }
 
-    let mut faults = BTreeMap::new();
-    for f in &run.faults {
-        *faults.entry(f.kind.clone()).or_insert(0) += 1;
+    let mut fault_counts = BTreeMap::new();
+    for f in &faults {
+        *fault_counts.entry(f.kind.clone()).or_insert(0) += 1;
     }
     for viol in &mut v {
-        viol.slice = slice(run, viol.window);
+        viol.slice = slice(run, &faults, viol.window);
     }
     Verdict {
         counts: c,
-        faults,
+        faults: fault_counts,
         register_final: run.register_final,
         paused_overlaps: excused_holders.len() as u64,
         loss_notice_ms: notice,
@@ -534,7 +524,7 @@ pub fn check(run: &Run) -> Verdict {
 }
 
 /// Everything that happened in `[from - 1 s, to + 1 s]`, in time order (at most 400).
-fn slice(run: &Run, (from, to): (u64, u64)) -> Vec<serde_json::Value> {
+fn slice(run: &Run, faults: &[Fault], (from, to): (u64, u64)) -> Vec<serde_json::Value> {
     if (from, to) == (0, 0) {
         return Vec::new();
     }
@@ -546,7 +536,7 @@ fn slice(run: &Run, (from, to): (u64, u64)) -> Vec<serde_json::Value> {
             all.push((t, serde_json::to_value(e).unwrap_or_default()));
         }
     }
-    for f in &run.faults {
+    for f in faults {
         if f.t1 >= lo && f.t0 <= hi {
             all.push((f.t0, serde_json::json!({ "fault": f })));
         }

@@ -12,6 +12,40 @@ struct Member {
     process: Option<Child>,
 }
 
+/// The `etcd` command line for member `name` on loopback: data dir, client and peer
+/// URLs, the initial cluster; the caller adds its own flags and stderr.
+pub fn member_command(
+    name: &str,
+    data: &std::path::Path,
+    client: &str,
+    peer: &str,
+    initial_cluster: &str,
+) -> Command {
+    let mut c = Command::new("etcd");
+    c.args(["--name", name])
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", initial_cluster])
+        .env(
+            "ETCD_UNSUPPORTED_ARCH",
+            std::env::consts::ARCH.replace("x86_64", "amd64"),
+        )
+        .stdout(Stdio::null());
+    c
+}
+
 /// An etcd cluster whose members the test can kill and restart.
 pub struct EtcdCluster {
     dir: TempDir,
@@ -60,23 +94,7 @@ impl EtcdCluster {
             .expect("log file");
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new("etcd")
-            .args(["--name", &m.name])
-            .arg("--data-dir")
-            .arg(&data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &self.initial_cluster])
+        let child = member_command(&m.name, &data, &client, &peer, &self.initial_cluster)
             .args([
                 "--initial-cluster-state",
                 "new",
@@ -84,11 +102,6 @@ impl EtcdCluster {
                 "queuelock-test",
             ])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .env(
-                "ETCD_UNSUPPORTED_ARCH",
-                std::env::consts::ARCH.replace("x86_64", "amd64"),
-            )
-            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");

@@ -105,31 +105,17 @@ impl Etcd {
         let client = format!("{scheme}://127.0.0.1:{port}");
         let peer = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.0.join("etcd.log")).expect("log");
-        let child = Command::new("etcd")
-            .args(["--name", "sec", "--data-dir"])
-            .arg(dir.0.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("sec={peer}")])
-            .args(extra)
-            .env(
-                "ETCD_UNSUPPORTED_ARCH",
-                std::env::consts::ARCH.replace("x86_64", "amd64"),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
+        let child = super::etcd::member_command(
+            "sec",
+            &dir.0.join("data"),
+            &client,
+            &peer,
+            &format!("sec={peer}"),
+        )
+        .args(extra)
+        .stderr(log)
+        .spawn()
+        .expect("start etcd");
         (dir, port, child)
     }
 
