@@ -148,7 +148,7 @@ impl Client {
 
     /// Connects to the store a URL names: `memory://`, `etcd://h1:2379,h2:2379/prefix`,
     /// `zk://h1:2181/chroot`, with options as query parameters (`?ttl=10s`). See
-    /// [`crate::connect`] for the forms.
+    /// [`Config::from_url`](crate::Config::from_url) for the forms and options.
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn connect(url: &str) -> Result<Self> {

@@ -26,10 +26,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Recipes
+//!
+//! | recipe | guarantee |
+//! |---|---|
+//! | [`Client::mutex`] → [`Mutex`] | FIFO, exclusive, re-entrant through one handle |
+//! | [`Client::rwlock`] → [`RwLock`] | FIFO; readers share until the next queued writer; writers never starve |
+//! | [`Client::semaphore`] → [`Semaphore`] | at most `n` holders, FIFO admission |
+//! | [`Client::election`] → [`Election`] | one leader; campaign, proclaim, resign, observe |
+//! | [`Client::multilock`] → [`MultiLock`] | several locks all-or-nothing, deadlock-free |
+//!
+//! Every grant is a guard with a fencing token, a `lost()` future and `release()`.
+//!
+//! ## Backends and feature flags
+//!
+//! Store backends are opt-in cargo features; the default builds the in-process store
+//! only, with nothing but a Rust toolchain. A URL whose backend is not compiled in is an
+//! [`Error::FeatureDisabled`] naming the feature to enable. The URL forms and options are
+//! listed at [`Config::from_url`].
+//!
+//! | feature | default | URL | needs at build time |
+//! |---|---|---|---|
+//! | `memory` | yes | `memory://` | a Rust toolchain |
+//! | `etcd` | no | `etcd://h1:2379,h2:2379/prefix` | `protoc` and protobuf's well-known types (Debian: `protobuf-compiler`, `libprotobuf-dev`) |
+//! | `zookeeper` | no | `zk://h1:2181/chroot` | a C compiler (rustls' `aws-lc-rs`) |
+//! | `cli` | no | — | the `queuelock` command (`cargo install queuelock --features cli,etcd,zookeeper`) |
+//!
+//! ```toml
+//! [dependencies]
+//! queuelock = { version = "0.1", features = ["etcd"] }
+//! ```
+//!
 //! The architecture: recipes live in this crate, over the backend contract of
 //! [`queuelock_core`] ([`backend`]); the shared queue algorithm is in one place and every
 //! recipe uses it.
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod client;
 mod config;

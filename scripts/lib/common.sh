@@ -22,6 +22,14 @@ ql_apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# ql_build_deps: what building the workspace with every feature needs besides a Rust
+# toolchain: etcd-client's build script runs protoc, which also needs protobuf's
+# well-known types (google/protobuf/*.proto: libprotobuf-dev, not protobuf-compiler);
+# python3 finds free ports for the servers.
+ql_build_deps() {
+  ql_apt_install protobuf-compiler libprotobuf-dev python3
+}
+
 # ql_free_port: prints a TCP port on 127.0.0.1 that nothing listens on right now.
 ql_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'

@@ -18,6 +18,28 @@
 //! ZooKeeper chroot); the backend maps them to its own namespace.
 //!
 //! This crate depends on no client library.
+//!
+//! Most users depend on the facade crate `queuelock`, which builds the recipes over a
+//! backend chosen by URL; depend on this crate to implement a backend, or to drive one
+//! through the contract directly:
+//!
+//! ```
+//! use queuelock_core::{LockName, NodeKind, NodeSpec};
+//!
+//! // Names are validated before any backend sees them.
+//! let name = LockName::new("billing/invoice-run").unwrap();
+//! assert!(LockName::new("../escape").is_err());
+//! // One attempt to join a queue: kind, payload, and an id that makes retries idempotent.
+//! let spec = NodeSpec::new(name.as_str(), NodeKind::Lock, b"holder metadata".to_vec());
+//! assert_eq!(spec.queue, "billing/invoice-run");
+//! ```
+//!
+//! ## Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testkit` | no | [`testkit`]: the backend-independent contract tests and the `Harness` trait that every backend crate's test suite and the recipe conformance suite run |
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod backend;

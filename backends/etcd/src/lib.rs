@@ -17,6 +17,35 @@
 //!   path polled every 100 ms, which caps Go's mutex at ~10 grants/s per waiter;
 //! * deletes and guarded writes compare the node's `create_revision`, so a late delete
 //!   never removes a newer key.
+//!
+//! Most users reach it through the facade crate, `queuelock::Client::connect("etcd://h1:2379,h2:2379/app")`
+//! (feature `etcd` of `queuelock`); to use the backend directly:
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock_core::Result<()> {
+//! use queuelock_core::{Backend, NodeKind, NodeSpec, SessionOptions};
+//! use queuelock_etcd::{EtcdBackend, EtcdOptions};
+//!
+//! let etcd = EtcdBackend::connect(&["127.0.0.1:2379"], "/app", EtcdOptions::default()).await?;
+//! let session = etcd.open_session(&SessionOptions::default()).await?; // a lease, kept alive
+//! let created = session.create_sequential(&NodeSpec::new("jobs", NodeKind::Lock, vec![])).await?;
+//! println!("queued at {} with fencing token {}", created.node.key, created.node.token);
+//! session.close().await?; // revokes the lease: its keys go with it
+//! # Ok(()) }
+//! ```
+//!
+//! ## Building
+//!
+//! `etcd-client` compiles etcd's protobuf definitions at build time: `protoc` and
+//! protobuf's well-known types must be installed (Debian/Ubuntu: `protobuf-compiler` and
+//! `libprotobuf-dev`; or point `PROTOC` at a `protoc` binary).
+//!
+//! ## Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testkit` | no | `testkit::EtcdHarness`: this backend under queuelock-core's test `Harness`, against the etcd named by `QUEUELOCK_TEST_ETCD` |
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod error;

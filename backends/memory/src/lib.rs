@@ -23,6 +23,15 @@
 //! assert!(session.list("jobs").await.is_err()); // our session is gone
 //! # Ok(()) }
 //! ```
+//!
+//! ## Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testkit` | no | `testkit::MemoryHarness`: this backend under queuelock-core's test `Harness` (fresh stores, expire a session, stall a client) |
+//!
+//! Building needs a Rust toolchain and nothing else.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod store;

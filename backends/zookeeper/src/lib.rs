@@ -63,6 +63,31 @@
 //! lets anyone create or delete, connecting logs a warning. `ZkOptions::tls` reaches the
 //! servers' secure client port with TLS (server verified against the CA, optional client
 //! certificate).
+//!
+//! Most users reach it through the facade crate, `queuelock::Client::connect("zk://h1:2181/app")`
+//! (feature `zookeeper` of `queuelock`); to use the backend directly:
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock_core::Result<()> {
+//! use queuelock_core::{Backend, NodeKind, NodeSpec, SessionOptions};
+//! use queuelock_zookeeper::{ZkBackend, ZkOptions};
+//!
+//! let zk = ZkBackend::connect("127.0.0.1:2181", "/app", ZkOptions::default()).await?;
+//! let session = zk.open_session(&SessionOptions::default()).await?; // a ZooKeeper session
+//! let created = session.create_sequential(&NodeSpec::new("jobs", NodeKind::Lock, vec![])).await?;
+//! println!("queued as {} with fencing token {}", created.node.key, created.node.token);
+//! session.close().await?; // closes the session: its ephemeral nodes go with it
+//! # Ok(()) }
+//! ```
+//!
+//! Building needs a Rust toolchain and a C compiler (for `aws-lc-rs`, rustls' crypto).
+//!
+//! ## Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `testkit` | no | `testkit::ZkHarness`: this backend under queuelock-core's test `Harness`, against the ZooKeeper named by `QUEUELOCK_TEST_ZK` |
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 mod error;
