@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use queuelock::{Client, Error};
+use queuelock_etcd::testkit::etcd_client;
+use queuelock_zookeeper::testkit::zookeeper_client;
 use support::secure::{Etcd, Pki, SecureZk};
 
 /// Generous bound for "promptly, not a hang": the URLs set connect_timeout=3s.

@@ -222,6 +222,9 @@ impl Backend for EtcdBackend {
 /// set.
 #[cfg(feature = "testkit")]
 pub mod testkit {
+    /// The raw client this backend is built on (the same version and features), for
+    /// tests that act as another identity, bypassing queuelock.
+    pub use etcd_client;
     use std::sync::Arc;
     use std::time::Duration;
 

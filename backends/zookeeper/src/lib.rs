@@ -358,6 +358,9 @@ mod tests {
 pub mod testkit {
     use std::sync::{Arc, Mutex as StdMutex};
     use std::time::Duration;
+    /// The raw client this backend is built on (the same version and features), for
+    /// tests that act as another identity, bypassing queuelock.
+    pub use zookeeper_client;
 
     use async_trait::async_trait;
     use queuelock_core::testkit::proxy::Proxy;
