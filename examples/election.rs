@@ -1,7 +1,8 @@
 //! Three candidates; the leader announces itself, steps down after a while, and an
 //! observer follows every change of leader.
 //!
-//! `cargo run --example election` (set `QUEUELOCK_URL` for a real cluster).
+//! `cargo run --example election` (set `QUEUELOCK_URL` and enable its backend, e.g.
+//! `--features etcd`, for a real cluster).
 
 use std::time::Duration;
 

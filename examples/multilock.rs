@@ -2,7 +2,8 @@
 //! opposite directions never deadlock. Balances live in the store, written with fenced
 //! writes that only apply while the locks are held.
 //!
-//! `cargo run --example multilock` (set `QUEUELOCK_URL` for a real cluster).
+//! `cargo run --example multilock` (set `QUEUELOCK_URL` and enable its backend, e.g.
+//! `--features etcd`, for a real cluster).
 
 use queuelock::{Client, Result};
 

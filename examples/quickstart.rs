@@ -1,11 +1,12 @@
 //! Several workers contend for one lock and update a shared value under it.
 //!
 //! Runs on the in-process backend by default; set `QUEUELOCK_URL` (for example
-//! `etcd://127.0.0.1:2379/demo` or `zk://127.0.0.1:2181/demo`) to run the same code
-//! against a real cluster.
+//! `etcd://127.0.0.1:2379/demo` or `zk://127.0.0.1:2181/demo`) and enable that backend's
+//! feature to run the same code against a real cluster.
 //!
 //! ```text
 //! cargo run --example quickstart
+//! QUEUELOCK_URL=zk://127.0.0.1:2181/demo cargo run --features zookeeper --example quickstart
 //! ```
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,6 +1,7 @@
 //! Readers share a catalogue while a writer updates it alone.
 //!
-//! `cargo run --example rwlock` (set `QUEUELOCK_URL` for a real cluster).
+//! `cargo run --example rwlock` (set `QUEUELOCK_URL` and enable its backend, e.g.
+//! `--features etcd`, for a real cluster).
 
 use std::time::Duration;
 

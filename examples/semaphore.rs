@@ -1,6 +1,7 @@
 //! At most 2 of 6 workers use a scarce resource at once.
 //!
-//! `cargo run --example semaphore` (set `QUEUELOCK_URL` for a real cluster).
+//! `cargo run --example semaphore` (set `QUEUELOCK_URL` and enable its backend, e.g.
+//! `--features etcd`, for a real cluster).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

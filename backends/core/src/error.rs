@@ -63,7 +63,11 @@ pub enum Error {
     Config(String),
 
     /// The configuration names a backend whose cargo feature is not compiled in.
-    #[error("the {backend} backend is not compiled in: enable the `{feature}` cargo feature of queuelock")]
+    #[error(
+        "the {backend} backend is not compiled in: enable queuelock's `{feature}` cargo feature \
+         (`queuelock = {{ version = \"0.1\", features = [\"{feature}\"] }}` in Cargo.toml, or \
+         `--features {feature}` on the cargo command line)"
+    )]
     FeatureDisabled {
         /// The backend asked for (`etcd`, `zookeeper`, ...).
         backend: &'static str,
