@@ -9,21 +9,40 @@ use queuelock::{Client, Error};
 #[cfg(not(feature = "etcd"))]
 #[tokio::test]
 async fn etcd_url_names_the_etcd_feature() {
-    let err = Client::connect("etcd://127.0.0.1:2379/app").await.expect_err("no etcd backend");
+    let err = Client::connect("etcd://127.0.0.1:2379/app")
+        .await
+        .expect_err("no etcd backend");
     assert!(
-        matches!(err, Error::FeatureDisabled { backend: "etcd", feature: "etcd" }),
+        matches!(
+            err,
+            Error::FeatureDisabled {
+                backend: "etcd",
+                feature: "etcd"
+            }
+        ),
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(text.contains("`etcd` cargo feature") && text.contains("--features etcd"), "{text}");
+    assert!(
+        text.contains("`etcd` cargo feature") && text.contains("--features etcd"),
+        "{text}"
+    );
 }
 
 #[cfg(not(feature = "zookeeper"))]
 #[tokio::test]
 async fn zk_url_names_the_zookeeper_feature() {
-    let err = Client::connect("zk://127.0.0.1:2181/app").await.expect_err("no zookeeper backend");
+    let err = Client::connect("zk://127.0.0.1:2181/app")
+        .await
+        .expect_err("no zookeeper backend");
     assert!(
-        matches!(err, Error::FeatureDisabled { backend: "zookeeper", feature: "zookeeper" }),
+        matches!(
+            err,
+            Error::FeatureDisabled {
+                backend: "zookeeper",
+                feature: "zookeeper"
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("--features zookeeper"), "{err}");
