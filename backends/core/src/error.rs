@@ -63,7 +63,10 @@ pub enum Error {
     Config(String),
 
     /// The configuration names a backend whose cargo feature is not compiled in.
-    #[error("the {backend} backend is not compiled in: enable the `{feature}` cargo feature of queuelock")]
+    #[error(
+        "the {backend} backend is not compiled in: enable cargo feature `{feature}` of \
+         queuelock (cargo build --features {feature})"
+    )]
     FeatureDisabled {
         /// The backend asked for (`etcd`, `zookeeper`, ...).
         backend: &'static str,
@@ -79,6 +82,14 @@ pub enum Error {
         key: String,
         /// What conflicts.
         message: String,
+    },
+
+    /// The backend does not offer this optional operation of the contract (for example
+    /// [`crate::Session::queue_changed`], which only observers need).
+    #[error("this backend does not support {operation}")]
+    NotSupported {
+        /// The operation asked for.
+        operation: &'static str,
     },
 
     /// The client or session was closed by its owner.
