@@ -467,13 +467,7 @@ impl Session for EtcdSession {
 
     /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.check()?;
-        let resp = self
-            .kv()
-            .get(self.inner.keys.abs(key), None)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(self.read_node(key).await?.map(|(value, _)| value))
     }
 
     /// Cancel safety: a dropped call may still create the key.

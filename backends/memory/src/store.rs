@@ -585,10 +585,7 @@ impl Session for MemorySession {
 
     /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.gate().await?;
-        let st = self.backend.lock();
-        st.check(self.id)?;
-        Ok(st.entries.get(key).map(|e| e.value.clone()))
+        Ok(self.read_node(key).await?.map(|(value, _)| value))
     }
 
     /// Cancel safety: safe once past the injected delay.

@@ -557,15 +557,7 @@ impl Session for ZkSession {
 
     /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let client = self.client()?;
-        match client.get_data(&self.path(key)).await {
-            Ok((data, stat)) => {
-                self.saw(key, stat.mzxid);
-                Ok(Some(data))
-            }
-            Err(ZkError::NoNode) => Ok(None),
-            Err(e) => Err(self.fail(e)),
-        }
+        Ok(self.read_node(key).await?.map(|(data, _)| data))
     }
 
     /// Creates a persistent node (parents as containers); `NodeExists` returns the
