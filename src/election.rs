@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::Stream;
-use queuelock_core::{Error, LockName, LossReason, NodeKind, Op, Result};
+use queuelock_core::{LockName, LossReason, NodeKind, Op, Result};
 
 use crate::guard::Guard;
 use crate::queue::{self, predecessor, Context, Request};
@@ -122,21 +122,10 @@ impl Election {
                     if last.as_ref() != Some(&now) {
                         return Some((Ok(now.clone()), (election, Some(now), false)));
                     }
-                    let session = match election.ctx.session().await {
-                        Ok(s) => s,
-                        Err(e) => return Some((Err(e), (election, last, true))),
-                    };
-                    match session
-                        .queue_changed(election.name.as_str(), revision)
-                        .await
+                    if let Err(e) =
+                        queue::changed(&election.ctx, election.name.as_str(), revision).await
                     {
-                        Ok(()) => {}
-                        Err(e) if e.is_retryable() => {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                        // A lost session: the next round opens a fresh one.
-                        Err(Error::SessionExpired(_)) => {}
-                        Err(e) => return Some((Err(e), (election, last, true))),
+                        return Some((Err(e), (election, last, true)));
                     }
                 }
             },
@@ -158,7 +147,7 @@ impl Leadership {
     }
 
     /// Replaces the value others see, only while we still lead (fails with
-    /// [`Error::LockLost`] otherwise, changing nothing).
+    /// [`crate::Error::LockLost`] otherwise, changing nothing).
     ///
     /// Cancel safety: a dropped call may or may not have proclaimed.
     pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<()> {

@@ -343,6 +343,26 @@ pub(crate) async fn describe(
     Ok((holders, waiters))
 }
 
+/// Waits until `queue` may have changed after revision `since` (for observers, who read
+/// it again either way). Connection trouble and a lost session end the wait too (the
+/// next read opens a fresh session); other errors, such as a backend without
+/// [`Session::queue_changed`], are returned.
+///
+/// Cancel safety: safe.
+pub(crate) async fn changed(ctx: &Context, queue: &str, since: u64) -> Result<()> {
+    let session = ctx.session().await?;
+    match session.queue_changed(queue, since).await {
+        Err(e) if e.is_retryable() => {
+            // Whatever the session does meanwhile, the next read tells.
+            let _ = settle(&*session, Duration::from_millis(100)).await;
+            Ok(())
+        }
+        // A lost session: the next read opens a fresh one.
+        Err(Error::SessionExpired(_)) => Ok(()),
+        other => other,
+    }
+}
+
 /// Creates a node in `queue` and holds it at once, without waiting for anything: for an
 /// admission decided on the holders' listing.
 ///
