@@ -195,6 +195,26 @@ fn memory(name: Option<&str>) -> Arc<dyn Backend> {
 mod tests {
     use crate::Client;
 
+    /// A backend whose feature is off is a typed error naming the flag that adds it.
+    #[cfg(not(feature = "etcd"))]
+    #[tokio::test]
+    async fn a_backend_not_compiled_in_names_its_feature() {
+        let e = Client::connect("etcd://127.0.0.1:2379")
+            .await
+            .expect_err("no etcd");
+        assert!(
+            matches!(
+                e,
+                queuelock_core::Error::FeatureDisabled {
+                    backend: "etcd",
+                    feature: "etcd"
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("--features etcd"), "{e}");
+    }
+
     #[tokio::test]
     async fn named_memory_stores() {
         // Named in-process stores are shared by name, and distinct from the default.

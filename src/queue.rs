@@ -211,6 +211,10 @@ pub(crate) async fn try_acquire(ctx: &Context, req: Request<'_>) -> Result<Optio
     run::<Try>(ctx, &req).await
 }
 
+/// [`acquire`] and [`try_acquire`]: attempts until one answers, joining again (waiting
+/// mode) when our place is lost or the store is out of reach for a while.
+///
+/// Cancel safety: safe, as [`acquire`].
 #[tracing::instrument(level = "debug", skip_all, fields(lock = req.queue, kind = ?req.kind, waits = M::WAITS))]
 async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
     let started = Instant::now();
@@ -246,6 +250,8 @@ async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
 
 /// One pass: create our node, wait for our turn as the rule says, then (with an
 /// admission) wait for a free place among the holders.
+///
+/// Cancel safety: safe; our node (created or maybe created) is removed if dropped.
 async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
     let session = ctx.session().await?;
     let payload = req.payload.clone().unwrap_or_else(|| ctx.payload());
@@ -288,6 +294,9 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output>
 /// The head of a waiting line (`turn`) enters the holders directory as soon as the
 /// admission rule lets it, watching the holders meanwhile. Only the head watches them, so
 /// a release wakes one waiter, and an admission the next head.
+///
+/// Cancel safety: safe; dropping it drops `turn` (and a holder node not yet returned),
+/// which removes them in the background.
 async fn admit<M: Mode>(
     ctx: &Context,
     turn: Arc<Lease>,
@@ -413,6 +422,8 @@ async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
 
 /// Waits until `blocker` is gone. Errors if our own node goes or the session is lost.
 /// Returns `Ok` after a broken watch too: the caller lists again either way.
+///
+/// Cancel safety: safe; dropping it cancels the watches.
 async fn wait_turn(session: &dyn Session, blocker: &str, me: &str, since: u64) -> Result<()> {
     enum Woke {
         Blocker(Result<()>),
@@ -448,6 +459,8 @@ fn vanished(session: &dyn Session) -> Error {
 
 /// After a retryable error: pause, and while the session is suspended wait for it to come
 /// back. Errors if the session is lost.
+///
+/// Cancel safety: safe.
 async fn settle(session: &dyn Session, pause: Duration) -> Result<()> {
     tokio::time::sleep(pause).await;
     let mut state = session.state();
@@ -485,6 +498,9 @@ where
 
 /// Removes a node (or the node an attempt may have created) until done or the session
 /// is gone (which removes it anyway).
+///
+/// Cancel safety: a dropped call may or may not have removed the node; callers that
+/// must finish run it in a task of its own.
 async fn remove_node(
     session: Arc<dyn Session>,
     spec: Option<NodeSpec>,
