@@ -1,40 +1,16 @@
-//! Configuration: one [`Config`] value, from a URL ([`Config::from_url`]), the
-//! environment ([`Config::from_env`]) or anything serde reads (TOML, JSON, YAML...).
-//!
-//! | URL | store |
-//! |---|---|
-//! | `memory://` | the process-wide in-process store (the default) |
-//! | `memory://NAME` | a named in-process store shared by every client using that name |
-//! | `etcd://h1:2379,h2:2379/prefix` | etcd; keys under `/prefix` |
-//! | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
-//!
-//! Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
-//! `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`, `user`,
-//! `password` (etcd), `digest` (ZooKeeper `user:password`), `ca`, `cert`, `key` (TLS file
-//! paths). Credentials may also be given as URL user-info (`etcd://user:pass@host`).
-//! Anything unknown or malformed is an [`Error::Config`] naming it; credentials never
-//! appear in `Debug` output, errors or logs.
-//!
-//! The same configuration in TOML:
-//!
-//! ```toml
-//! ttl = "10s"
-//! loss_policy = "session"
-//! [backend]
-//! kind = "etcd"
-//! endpoints = ["127.0.0.1:2379"]
-//! prefix = "/app"
-//! ```
+//! Configuration: one [`Config`] value, from a URL ([`Config::from_url`], whose docs
+//! list the forms), the environment ([`Config::from_env`]) or anything serde reads.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use queuelock_core::{Error, Result};
+use queuelock_core::{Error, Result, SessionOptions};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::client::{ClientOptions, LossPolicy};
+use crate::options::ClientOptions;
+use crate::queue::LossPolicy;
 
 /// A secret (password, digest credentials): kept out of `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +46,18 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// Client private key (PEM), for mutual TLS.
     pub key: Option<PathBuf>,
+}
+
+impl BackendConfig {
+    /// The backend's name, which is also the cargo feature that compiles it in
+    /// (`memory`, `etcd`, `zookeeper`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendConfig::Memory { .. } => "memory",
+            BackendConfig::Etcd { .. } => "etcd",
+            BackendConfig::ZooKeeper { .. } => "zookeeper",
+        }
+    }
 }
 
 impl TlsConfig {
@@ -146,7 +134,7 @@ pub struct Config {
 }
 
 fn default_ttl() -> Duration {
-    ClientOptions::default().ttl
+    SessionOptions::default().ttl
 }
 
 fn default_connect_timeout() -> Duration {
@@ -185,6 +173,15 @@ fn config_err(msg: impl Into<String>) -> Error {
     Error::Config(msg.into())
 }
 
+/// A loss policy named by `key` (a URL option or an environment variable).
+fn loss_policy(key: &str, value: &str) -> Result<LossPolicy> {
+    value.parse().map_err(|_| {
+        config_err(format!(
+            "{key}={value:?}: expected \"session\" or \"suspension\""
+        ))
+    })
+}
+
 fn duration(key: &str, value: &str) -> Result<Duration> {
     let d = humantime::parse_duration(value)
         .map_err(|e| config_err(format!("option {key}={value:?} is not a duration: {e}")))?;
@@ -218,7 +215,35 @@ fn redact(url: &Url) -> String {
 }
 
 impl Config {
-    /// Parses a URL (see the module docs).
+    /// Parses a URL:
+    ///
+    /// | URL | store |
+    /// |---|---|
+    /// | `memory://` | the process-wide in-process store (the default) |
+    /// | `memory://NAME` | a named in-process store shared by every client using that name |
+    /// | `etcd://h1:2379,h2:2379/prefix` | etcd; keys under `/prefix` |
+    /// | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
+    ///
+    /// Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
+    /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`, `user`,
+    /// `password` (etcd, both or neither), `digest` (ZooKeeper `user:password`), `ca`,
+    /// `cert`, `key` (TLS file paths). Credentials may also be given as URL user-info
+    /// (`etcd://user:pass@host`). Anything unknown or malformed is an [`Error::Config`]
+    /// naming it; credentials never appear in `Debug` output, errors or logs.
+    ///
+    /// The same configuration in TOML (serde):
+    ///
+    /// ```toml
+    /// ttl = "10s"
+    /// loss_policy = "session"
+    /// [backend]
+    /// kind = "etcd"
+    /// endpoints = ["127.0.0.1:2379"]
+    /// prefix = "/app"
+    /// ```
+    ///
+    /// A backend whose cargo feature is off parses; connecting to it fails with
+    /// [`Error::FeatureDisabled`].
     pub fn from_url(raw: &str) -> Result<Self> {
         let raw = raw.trim();
         // `url` takes one host per URL; etcd and ZooKeeper list several
@@ -256,17 +281,7 @@ impl Config {
             match &*key {
                 "ttl" | "session_timeout" => cfg.ttl = duration(&key, &value)?,
                 "connect_timeout" => cfg.connect_timeout = duration(&key, &value)?,
-                "loss_policy" => {
-                    cfg.loss_policy = match &*value {
-                        "session" => LossPolicy::OnSessionLoss,
-                        "suspension" => LossPolicy::OnSuspension,
-                        _ => {
-                            return Err(config_err(format!(
-                            "option loss_policy={value:?}: expected \"session\" or \"suspension\""
-                        )))
-                        }
-                    }
-                }
+                "loss_policy" => cfg.loss_policy = loss_policy("option loss_policy", &value)?,
                 "label" => cfg.label = Some(value.into_owned()),
                 "user" => user = Some(value.into_owned()),
                 "password" => password = Some(Secret::new(value.into_owned())),
@@ -345,6 +360,7 @@ impl Config {
                 )))
             }
         };
+        cfg.check()?;
         Ok(cfg)
     }
 
@@ -358,7 +374,7 @@ impl Config {
     pub(crate) fn from_vars(
         var: impl Fn(&str) -> std::result::Result<String, std::env::VarError>,
     ) -> Result<Self> {
-        let url = crate::client::url_from_env(var("QUEUELOCK_URL"))?;
+        let url = url_from_env(var("QUEUELOCK_URL"))?;
         let mut cfg = Self::from_url(&url)?;
         let get = |k: &str| match var(k) {
             Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
@@ -372,20 +388,28 @@ impl Config {
             cfg.connect_timeout = duration("QUEUELOCK_CONNECT_TIMEOUT", &v)?;
         }
         if let Some(v) = get("QUEUELOCK_LOSS_POLICY")? {
-            cfg.loss_policy = match v.as_str() {
-                "session" => LossPolicy::OnSessionLoss,
-                "suspension" => LossPolicy::OnSuspension,
-                _ => {
-                    return Err(config_err(format!(
-                        "QUEUELOCK_LOSS_POLICY={v:?}: expected \"session\" or \"suspension\""
-                    )))
-                }
-            };
+            cfg.loss_policy = loss_policy("QUEUELOCK_LOSS_POLICY", &v)?;
         }
         if let Some(v) = get("QUEUELOCK_LABEL")? {
             cfg.label = Some(v);
         }
         Ok(cfg)
+    }
+
+    /// The checks a configuration from serde has not had: credentials that cannot work.
+    /// `from_url` runs them; connecting runs them for configurations built otherwise.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.backend {
+            BackendConfig::Etcd { user, password, .. } if user.is_some() != password.is_some() => {
+                Err(config_err("etcd credentials need both user and password"))
+            }
+            BackendConfig::ZooKeeper {
+                digest: Some(d), ..
+            } if !d.expose().contains(':') => Err(config_err(
+                "ZooKeeper digest must be user:password (no `:` found)",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The client options this configuration sets.
@@ -398,9 +422,36 @@ impl Config {
     }
 }
 
+/// The URL `from_env` connects to, given the value of `QUEUELOCK_URL`.
+pub(crate) fn url_from_env(var: std::result::Result<String, std::env::VarError>) -> Result<String> {
+    match var {
+        Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_owned()),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok("memory://".to_owned()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Config("QUEUELOCK_URL is not valid UTF-8".to_owned()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::env::VarError;
+
+    #[test]
+    fn env_defaults_to_memory() {
+        assert_eq!(
+            url_from_env(Err(VarError::NotPresent)).expect("url"),
+            "memory://"
+        );
+        assert_eq!(url_from_env(Ok("  ".into())).expect("url"), "memory://");
+        assert_eq!(
+            url_from_env(Ok(" memory://x ".into())).expect("url"),
+            "memory://x"
+        );
+        let bad = url_from_env(Err(VarError::NotUnicode("x".into())));
+        assert!(matches!(bad, Err(Error::Config(m)) if m.contains("QUEUELOCK_URL")));
+    }
 
     fn err(url: &str) -> String {
         match Config::from_url(url) {

@@ -1,15 +1,52 @@
-//! From a [`Config`] to a backend: the one place that knows every backend crate.
+//! From a [`Config`] to a connected [`Client`]: the one place that knows every backend
+//! crate. Each backend is an arm compiled in with its cargo feature; one fallback names
+//! the feature a configuration needs that this build lacks.
 
 use std::sync::Arc;
 
 use queuelock_core::{Backend, Error, Result};
 
-use crate::config::{BackendConfig, Config, TlsConfig};
+use crate::client::Client;
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+use crate::config::TlsConfig;
+use crate::config::{BackendConfig, Config};
+
+impl Client {
+    /// Connects to the store a URL names: `memory://`, `etcd://h1:2379,h2:2379/prefix`,
+    /// `zk://h1:2181/chroot`, with options as query parameters (`?ttl=10s`). See
+    /// [`Config::from_url`] for the forms.
+    ///
+    /// Cancel safety: safe; a dropped call leaves nothing behind.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::with_config(&Config::from_url(url)?).await
+    }
+
+    /// Connects as `config` says.
+    ///
+    /// Cancel safety: safe; a dropped call leaves nothing behind.
+    pub async fn with_config(config: &Config) -> Result<Self> {
+        config.check()?;
+        let backend = backend(config).await?;
+        Ok(Client::new(backend, config.client_options()))
+    }
+
+    /// Connects to the store named by the `QUEUELOCK_URL` environment variable, or to the
+    /// process-wide in-process store (`memory://`) when it is unset or empty;
+    /// `QUEUELOCK_TTL`, `QUEUELOCK_CONNECT_TIMEOUT`, `QUEUELOCK_LOSS_POLICY` and
+    /// `QUEUELOCK_LABEL` override the URL's options ([`Config::from_env`]).
+    ///
+    /// Cancel safety: safe.
+    pub async fn from_env() -> Result<Self> {
+        Self::with_config(&Config::from_env()?).await
+    }
+}
 
 /// Builds (and connects) the backend a configuration names.
-pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
+async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
     match &config.backend {
-        BackendConfig::Memory { name } => memory(name.as_deref()),
+        #[cfg(feature = "memory")]
+        BackendConfig::Memory { name } => Ok(memory(name.as_deref())),
+        #[cfg(feature = "etcd")]
         BackendConfig::Etcd {
             endpoints,
             prefix,
@@ -27,12 +64,18 @@ pub(crate) async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
             )
             .await
         }
+        #[cfg(feature = "zookeeper")]
         BackendConfig::ZooKeeper {
             hosts,
             chroot,
             digest,
             tls,
         } => zookeeper(config, hosts, chroot, digest.as_ref(), tls.as_ref()).await,
+        #[cfg(not(all(feature = "memory", feature = "etcd", feature = "zookeeper")))]
+        other => Err(Error::FeatureDisabled {
+            backend: other.kind(),
+            feature: other.kind(),
+        }),
     }
 }
 
@@ -50,14 +93,9 @@ async fn etcd(
     if let Some(tls) = load_tls(tls)? {
         options = options.with_tls(tls);
     }
-    match (user, password) {
-        (Some(u), Some(p)) => options = options.with_credentials(u, p.expose()),
-        (None, None) => {}
-        _ => {
-            return Err(Error::Config(
-                "etcd credentials need both user and password".to_owned(),
-            ))
-        }
+    // Config::check refused a user without a password and the reverse.
+    if let (Some(u), Some(p)) = (user, password) {
+        options = options.with_credentials(u, p.expose());
     }
     let connect = EtcdBackend::connect(endpoints, prefix, options);
     let backend = tokio::time::timeout(config.connect_timeout, connect)
@@ -73,21 +111,6 @@ async fn etcd(
     Ok(Arc::new(backend))
 }
 
-#[cfg(not(feature = "etcd"))]
-async fn etcd(
-    _config: &Config,
-    _endpoints: &[String],
-    _prefix: &str,
-    _user: Option<&str>,
-    _password: Option<&crate::Secret>,
-    _tls: Option<&TlsConfig>,
-) -> Result<Arc<dyn Backend>> {
-    Err(Error::FeatureDisabled {
-        backend: "etcd",
-        feature: "etcd",
-    })
-}
-
 #[cfg(feature = "zookeeper")]
 async fn zookeeper(
     config: &Config,
@@ -98,12 +121,8 @@ async fn zookeeper(
 ) -> Result<Arc<dyn Backend>> {
     use queuelock_zookeeper::{ZkBackend, ZkOptions};
     let mut options = ZkOptions::default().with_connect_timeout(config.connect_timeout);
+    // Config::check refused a digest without `:`.
     if let Some(d) = digest {
-        if !d.expose().contains(':') {
-            return Err(Error::Config(
-                "ZooKeeper digest must be user:password (no `:` found)".to_owned(),
-            ));
-        }
         options = options.with_digest(d.expose());
     }
     let tls_on = tls.is_some();
@@ -132,23 +151,9 @@ async fn zookeeper(
     Ok(Arc::new(backend))
 }
 
-#[cfg(not(feature = "zookeeper"))]
-async fn zookeeper(
-    _config: &Config,
-    _hosts: &[String],
-    _chroot: &str,
-    _digest: Option<&crate::Secret>,
-    _tls: Option<&TlsConfig>,
-) -> Result<Arc<dyn Backend>> {
-    Err(Error::FeatureDisabled {
-        backend: "zookeeper",
-        feature: "zookeeper",
-    })
-}
-
 /// Reads the TLS files a configuration names. Errors name the file and what is wrong,
 /// never its contents.
-#[cfg_attr(not(any(feature = "etcd", feature = "zookeeper")), allow(dead_code))]
+#[cfg(any(feature = "etcd", feature = "zookeeper"))]
 fn load_tls(tls: Option<&TlsConfig>) -> Result<Option<queuelock_core::TlsPem>> {
     let Some(tls) = tls else { return Ok(None) };
     let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>> {
@@ -168,7 +173,7 @@ fn load_tls(tls: Option<&TlsConfig>) -> Result<Option<queuelock_core::TlsPem>> {
 }
 
 #[cfg(feature = "memory")]
-fn memory(name: Option<&str>) -> Result<Arc<dyn Backend>> {
+fn memory(name: Option<&str>) -> Arc<dyn Backend> {
     use queuelock_memory::MemoryBackend;
     use std::collections::HashMap;
     use std::sync::{Mutex as StdMutex, OnceLock};
@@ -183,15 +188,7 @@ fn memory(name: Option<&str>) -> Result<Arc<dyn Backend>> {
             .or_default()
             .clone(),
     };
-    Ok(Arc::new(backend))
-}
-
-#[cfg(not(feature = "memory"))]
-fn memory(_name: Option<&str>) -> Result<Arc<dyn Backend>> {
-    Err(Error::FeatureDisabled {
-        backend: "memory",
-        feature: "memory",
-    })
+    Arc::new(backend)
 }
 
 #[cfg(test)]

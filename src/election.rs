@@ -4,15 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::Stream;
-use queuelock_core::{Error, LockName, LossReason, Node, NodeKind, Op, Result};
+use queuelock_core::{LockName, LossReason, NodeKind, Op, Result};
 
-use crate::client::Client;
-use crate::guard::{Guard, Hold};
-use crate::queue::{self, Mode, Request};
-
-fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
-    me.checked_sub(1)
-}
+use crate::guard::Guard;
+use crate::queue::{self, predecessor, Context, Request};
 
 /// The current leader as others see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +40,7 @@ pub struct Leader {
 /// ```
 #[derive(Clone)]
 pub struct Election {
-    client: Client,
+    ctx: Arc<Context>,
     name: LockName,
     label: Arc<str>,
 }
@@ -59,13 +54,9 @@ impl fmt::Debug for Election {
 }
 
 impl Election {
-    pub(crate) fn new(client: Client, name: LockName) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>, name: LockName) -> Self {
         let label = Arc::from(name.as_str());
-        Election {
-            client,
-            name,
-            label,
-        }
+        Election { ctx, name, label }
     }
 
     /// The election's name.
@@ -78,21 +69,12 @@ impl Election {
     /// Cancel safety: safe; a dropped campaign withdraws its candidacy.
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership> {
         let req = Request {
-            queue: self.name.as_str(),
-            kind: NodeKind::Latch,
-            rule: predecessor,
-            mode: Mode::Wait,
             payload: Some(value.into()),
+            ..Request::new(self.name.as_str(), NodeKind::Latch, predecessor)
         };
-        let lease = queue::acquire(&self.client, req)
-            .await?
-            .ok_or_else(|| Error::Backend {
-                backend: "queue",
-                message: "waiting acquire returned without a grant".to_owned(),
-                source: None,
-            })?;
+        let lease = queue::acquire(&self.ctx, req).await?;
         Ok(Leadership {
-            guard: Guard::new(self.label.clone(), lease, Hold::Single),
+            guard: Guard::new(self.label.clone(), lease),
         })
     }
 
@@ -104,7 +86,7 @@ impl Election {
     }
 
     async fn read_leader(&self) -> Result<(Option<Leader>, u64)> {
-        let session = self.client.session().await?;
+        let session = self.ctx.session().await?;
         let listing = queue::retry(&*session, || session.list(self.name.as_str())).await?;
         let Some(head) = listing.nodes.first() else {
             return Ok((None, listing.revision));
@@ -140,21 +122,10 @@ impl Election {
                     if last.as_ref() != Some(&now) {
                         return Some((Ok(now.clone()), (election, Some(now), false)));
                     }
-                    let session = match election.client.session().await {
-                        Ok(s) => s,
-                        Err(e) => return Some((Err(e), (election, last, true))),
-                    };
-                    match session
-                        .queue_changed(election.name.as_str(), revision)
-                        .await
+                    if let Err(e) =
+                        queue::changed(&election.ctx, election.name.as_str(), revision).await
                     {
-                        Ok(()) => {}
-                        Err(e) if e.is_retryable() => {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                        // A lost session: the next round opens a fresh one.
-                        Err(Error::SessionExpired(_)) => {}
-                        Err(e) => return Some((Err(e), (election, last, true))),
+                        return Some((Err(e), (election, last, true)));
                     }
                 }
             },
@@ -176,7 +147,7 @@ impl Leadership {
     }
 
     /// Replaces the value others see, only while we still lead (fails with
-    /// [`Error::LockLost`] otherwise, changing nothing).
+    /// [`crate::Error::LockLost`] otherwise, changing nothing).
     ///
     /// Cancel safety: a dropped call may or may not have proclaimed.
     pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<()> {

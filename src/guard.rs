@@ -2,18 +2,81 @@
 //! type for every recipe.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 
 use queuelock_core::{Error, LockName, LossReason, Op, Result, SessionId};
 
 use crate::queue::Lease;
 
 /// Who decides when the node goes: the guard itself, or a re-entrant handle's count.
-pub(crate) enum Hold {
+enum Hold {
     /// The guard owns the node: releasing it deletes the node.
     Single,
-    /// A re-entrant mutex handle counts its holds; the node goes with the last.
-    Counted(Arc<crate::mutex::Inner>),
+    /// A re-entrant handle counts its holds; the node goes with the last.
+    Counted(Arc<HoldCount>),
+}
+
+/// The holds of one re-entrant handle (a [`crate::Mutex`]): the lease it holds and how
+/// many guards share it. The node is deleted when the last guard goes.
+#[derive(Debug, Default)]
+pub(crate) struct HoldCount {
+    held: StdMutex<Option<Held>>,
+}
+
+#[derive(Debug)]
+struct Held {
+    lease: Arc<Lease>,
+    count: usize,
+}
+
+impl HoldCount {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many guards hold the lease (0: not held).
+    pub(crate) fn holds(&self) -> usize {
+        self.slot().as_ref().map_or(0, |h| h.count)
+    }
+
+    /// One more guard of the lease this handle holds, if it holds one; fails with
+    /// [`Error::LockLost`] if that lease is lost.
+    pub(crate) fn reenter(self: &Arc<Self>, name: &Arc<str>) -> Result<Option<Guard>> {
+        let mut slot = self.slot();
+        let Some(held) = slot.as_mut() else {
+            return Ok(None);
+        };
+        if let Some(reason) = held.lease.loss() {
+            return Err(Error::LockLost(reason));
+        }
+        held.count += 1;
+        Ok(Some(self.guard(name, held.lease.clone())))
+    }
+
+    /// The first guard of a freshly granted lease.
+    pub(crate) fn install(self: &Arc<Self>, name: &Arc<str>, lease: Arc<Lease>) -> Guard {
+        *self.slot() = Some(Held {
+            lease: lease.clone(),
+            count: 1,
+        });
+        self.guard(name, lease)
+    }
+
+    fn guard(self: &Arc<Self>, name: &Arc<str>, lease: Arc<Lease>) -> Guard {
+        Guard::with_hold(name.clone(), lease, Hold::Counted(self.clone()))
+    }
+
+    /// Drops one hold; returns the lease when it was the last.
+    fn leave(&self) -> Option<Arc<Lease>> {
+        let mut slot = self.slot();
+        let held = slot.as_mut()?;
+        held.count -= 1;
+        if held.count == 0 {
+            slot.take().map(|h| h.lease)
+        } else {
+            None
+        }
+    }
 }
 
 /// Proof of holding a lock (or a read/write side, or a semaphore permit).
@@ -39,7 +102,12 @@ impl fmt::Debug for Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(name: Arc<str>, lease: Arc<Lease>, hold: Hold) -> Self {
+    /// A guard that owns its node.
+    pub(crate) fn new(name: Arc<str>, lease: Arc<Lease>) -> Self {
+        Self::with_hold(name, lease, Hold::Single)
+    }
+
+    fn with_hold(name: Arc<str>, lease: Arc<Lease>, hold: Hold) -> Self {
         Guard {
             name,
             lease,

@@ -63,6 +63,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// Layers, bottom up (imports point down only): `queue` (the one queue algorithm, over a
+// small context, and the session source a client gives it) and `guard`; the recipes;
+// `options` and `client`; `config` and `connect` (from a URL or serde value to a
+// connected client).
 mod client;
 mod config;
 mod connect;
@@ -71,16 +75,19 @@ mod guard;
 pub mod metadata;
 mod multilock;
 mod mutex;
+mod options;
 mod queue;
 mod rwlock;
 mod semaphore;
 
-pub use client::{Client, ClientOptions, ClientStats, LossPolicy};
+pub use client::{Client, ClientStats};
 pub use config::{BackendConfig, Config, Secret, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;
 pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
+pub use options::ClientOptions;
+pub use queue::LossPolicy;
 pub use queuelock_core::{Error, LockName, LossReason, NameError, Result, SessionId, SessionState};
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;

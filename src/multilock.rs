@@ -1,12 +1,15 @@
 //! [`MultiLock`]: several locks taken all-or-nothing, in one global order.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use queuelock_core::{Error, LockName, LossReason, Result};
 
-use crate::client::Client;
 use crate::guard::Guard;
+use crate::mutex::Mutex;
+use crate::queue::Context;
+use crate::semaphore::Semaphore;
 
 /// One member of a [`MultiLock`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,7 +46,7 @@ impl Member {
 /// ```
 #[derive(Clone)]
 pub struct MultiLock {
-    client: Client,
+    ctx: Arc<Context>,
     members: Vec<Member>,
 }
 
@@ -56,9 +59,9 @@ impl fmt::Debug for MultiLock {
 }
 
 impl MultiLock {
-    pub(crate) fn new(client: Client) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>) -> Self {
         MultiLock {
-            client,
+            ctx,
             members: Vec::new(),
         }
     }
@@ -103,8 +106,12 @@ impl MultiLock {
         for m in &self.members {
             // On error or cancellation, `guards` drops and releases what was taken.
             let g = match m {
-                Member::Mutex(n) => self.client.mutex(n.as_str())?.lock().await?,
-                Member::Semaphore(n, p) => self.client.semaphore(n.as_str(), *p)?.acquire().await?,
+                Member::Mutex(n) => Mutex::new(self.ctx.clone(), n.clone()).lock().await?,
+                Member::Semaphore(n, p) => {
+                    Semaphore::new(self.ctx.clone(), n.clone(), *p)?
+                        .acquire()
+                        .await?
+                }
             };
             guards.push(g);
         }

@@ -1,20 +1,14 @@
 //! [`Mutex`]: a fair (FIFO), fenced, re-entrant distributed mutex.
 
 use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, Node, NodeKind, Result};
+use queuelock_core::{Error, LockName, NodeKind, Result};
 
-use crate::client::Client;
-use crate::guard::{Guard, Hold};
+use crate::guard::{Guard, HoldCount};
 use crate::metadata::QueueEntry;
-use crate::queue::{self, Lease, Mode, Request};
-
-/// A mutex waits on its immediate predecessor only: one release wakes one waiter.
-fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
-    me.checked_sub(1)
-}
+use crate::queue::{self, predecessor, Context, Request};
 
 /// A fair distributed mutex.
 ///
@@ -30,7 +24,7 @@ fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
 /// **Re-entrancy**: locking again through the *same handle* while it holds the lock is
 /// counted, not queued (the node is deleted when the last guard goes). Two handles — even
 /// of one client — exclude each other. Give each task its own handle
-/// ([`Client::mutex`]) when tasks must exclude each other.
+/// ([`crate::Client::mutex`]) when tasks must exclude each other.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
@@ -48,95 +42,43 @@ pub struct Mutex {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    client: Client,
+struct Inner {
+    ctx: Arc<Context>,
     name: LockName,
     label: Arc<str>,
     /// One acquire at a time per handle; a second waits and then re-enters.
     acquiring: tokio::sync::Mutex<()>,
-    held: StdMutex<Option<Held>>,
-}
-
-struct Held {
-    lease: Arc<Lease>,
-    count: usize,
+    holds: Arc<HoldCount>,
 }
 
 impl fmt::Debug for Mutex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Mutex")
             .field("name", &self.inner.name)
-            .field("holds", &self.inner.holds())
+            .field("holds", &self.inner.holds.holds())
             .finish()
     }
 }
 
 impl Inner {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    fn reenter(&self) -> Result<Option<MutexGuard>> {
+        self.holds.reenter(&self.label)
     }
 
-    fn holds(&self) -> usize {
-        self.slot().as_ref().map_or(0, |h| h.count)
-    }
-
-    /// Counts one more hold if this handle holds the lock.
-    fn reenter(self: &Arc<Self>) -> Result<Option<MutexGuard>> {
-        let mut slot = self.slot();
-        let Some(held) = slot.as_mut() else {
-            return Ok(None);
-        };
-        if let Some(reason) = held.lease.loss() {
-            return Err(Error::LockLost(reason));
-        }
-        held.count += 1;
-        Ok(Some(self.guard(held.lease.clone())))
-    }
-
-    fn install(self: &Arc<Self>, lease: Arc<Lease>) -> MutexGuard {
-        *self.slot() = Some(Held {
-            lease: lease.clone(),
-            count: 1,
-        });
-        self.guard(lease)
-    }
-
-    fn guard(self: &Arc<Self>, lease: Arc<Lease>) -> MutexGuard {
-        Guard::new(self.label.clone(), lease, Hold::Counted(self.clone()))
-    }
-
-    /// Drops one hold; returns the lease when it was the last.
-    pub(crate) fn leave(&self) -> Option<Arc<Lease>> {
-        let mut slot = self.slot();
-        let held = slot.as_mut()?;
-        held.count -= 1;
-        if held.count == 0 {
-            slot.take().map(|h| h.lease)
-        } else {
-            None
-        }
-    }
-
-    fn request(&self, mode: Mode) -> Request<'_> {
-        Request {
-            queue: self.name.as_str(),
-            kind: NodeKind::Lock,
-            rule: predecessor,
-            mode,
-            payload: None,
-        }
+    fn request(&self) -> Request<'_> {
+        Request::new(self.name.as_str(), NodeKind::Lock, predecessor)
     }
 }
 
 impl Mutex {
-    pub(crate) fn new(client: Client, name: LockName) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>, name: LockName) -> Self {
         Mutex {
             inner: Arc::new(Inner {
                 label: Arc::from(name.as_str()),
-                client,
+                ctx,
                 name,
                 acquiring: tokio::sync::Mutex::new(()),
-                held: StdMutex::new(None),
+                holds: Arc::default(),
             }),
         }
     }
@@ -151,7 +93,7 @@ impl Mutex {
     /// Cancel safety: safe (read only).
     pub async fn holders(&self) -> Result<Vec<QueueEntry>> {
         Ok(
-            queue::describe(&self.inner.client, self.inner.name.as_str(), predecessor)
+            queue::describe(&self.inner.ctx, self.inner.name.as_str(), predecessor)
                 .await?
                 .0,
         )
@@ -162,7 +104,7 @@ impl Mutex {
     /// Cancel safety: safe (read only).
     pub async fn waiters(&self) -> Result<Vec<QueueEntry>> {
         Ok(
-            queue::describe(&self.inner.client, self.inner.name.as_str(), predecessor)
+            queue::describe(&self.inner.ctx, self.inner.name.as_str(), predecessor)
                 .await?
                 .1,
         )
@@ -170,7 +112,7 @@ impl Mutex {
 
     /// How many guards of this handle currently hold the lock (0 when not held).
     pub fn hold_count(&self) -> usize {
-        self.inner.holds()
+        self.inner.holds.holds()
     }
 
     /// Waits in the queue until the lock is ours. Re-entrant through this handle.
@@ -192,15 +134,8 @@ impl Mutex {
         if let Some(g) = self.inner.reenter()? {
             return Ok(g);
         }
-        let lease = queue::acquire(&self.inner.client, self.inner.request(Mode::Wait)).await?;
-        match lease {
-            Some(lease) => Ok(self.inner.install(lease)),
-            None => Err(Error::Backend {
-                backend: "queue",
-                message: "waiting acquire returned without a grant".to_owned(),
-                source: None,
-            }),
-        }
+        let lease = queue::acquire(&self.inner.ctx, self.inner.request()).await?;
+        Ok(self.inner.holds.install(&self.inner.label, lease))
     }
 
     /// Like [`Mutex::lock`], but fails with [`Error::Timeout`] after `timeout`.
@@ -227,30 +162,10 @@ impl Mutex {
         if let Some(g) = self.inner.reenter()? {
             return Ok(Some(g));
         }
-        let lease = queue::acquire(&self.inner.client, self.inner.request(Mode::Try)).await?;
-        Ok(lease.map(|l| self.inner.install(l)))
+        let lease = queue::try_acquire(&self.inner.ctx, self.inner.request()).await?;
+        Ok(lease.map(|l| self.inner.holds.install(&self.inner.label, l)))
     }
 }
 
 /// The guard of a [`Mutex`]: the shared [`Guard`] type.
 pub type MutexGuard = Guard;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every public future must be `Send`, or it cannot be spawned on a multi-threaded
-    /// runtime. Checked at compile time.
-    #[allow(dead_code, clippy::let_underscore_future)]
-    fn futures_are_send(m: &Mutex, g: MutexGuard, c: &Client) {
-        fn send<T: Send>(_: T) {}
-        send(m.lock());
-        send(m.try_lock());
-        send(m.lock_timeout(Duration::ZERO));
-        send(g.lost());
-        send(g.release());
-        send(c.session());
-        send(c.close());
-        send(Client::connect("memory://"));
-    }
-}

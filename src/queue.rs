@@ -1,42 +1,124 @@
-//! The shared queue algorithm: how a waiter joins a queue, finds the one node it must
-//! wait for, waits without polling, and turns into a held [`Lease`]. Every recipe uses
-//! this module; none re-implements waiting.
+//! The shared queue algorithm, the bottom layer of this crate: how a waiter joins a
+//! queue, finds the one node it must wait for, waits without polling, and turns into a
+//! held [`Lease`]. All waiting lives here; recipes only supply a [`Request`] (a queue, a
+//! node kind and a [`WaitRule`]).
 //!
 //! 1. Create our ephemeral sequential node; the backend returns the queue as seen right
 //!    after (one round trip).
-//! 2. The recipe's [`WaitRule`] names the **one** node we must wait for, or none: granted.
+//! 2. The rule names the **one** node we must wait for, or none: granted.
 //! 3. Otherwise wait for that node's deletion, our own node's deletion, our session's
 //!    loss, or cancellation; then list again and go to 2. A grant is only ever decided on
 //!    a listing that still contains our node, read from a session that is not lost.
+//! 4. With an [`Admission`] (the semaphore) the grant is only a turn at the head of a
+//!    waiting line: the head watches a holders directory and enters it (a node of its
+//!    own there) as soon as the admission rule lets it, then leaves the line.
 //!
 //! Dropping an acquire at any await point removes its node in the background
 //! ([`Pending`]); a [`Lease`] is deleted exactly once, by `release` or on drop.
+//!
+//! This module knows nothing of `Client`, configuration or recipes: it takes a small
+//! [`Context`] (where sessions come from, the loss policy, the label, counters).
+
+mod lease;
+mod rules;
+mod slot;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use queuelock_core::{Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState};
-use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, LossPolicy};
 use crate::metadata::{HolderInfo, QueueEntry};
 
-/// Given the queue in order and our index in it, the index of the node we must wait for
-/// (`None`: the lock is ours).
-pub(crate) type WaitRule = fn(&[Node], usize) -> Option<usize>;
+pub(crate) use lease::Lease;
+pub use lease::LossPolicy;
+use rules::admits;
+pub(crate) use rules::{by_kind, everyone_holds, predecessor, shared_or_exclusive, WaitRule};
+pub(crate) use slot::SessionSlot;
 
-/// Whether an acquire may wait.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Mode {
-    /// Wait in the queue until granted (re-queueing on a fresh session if ours is lost
-    /// while waiting: nothing was held yet).
-    Wait,
-    /// Never wait: if the rule names a node to wait for, remove ours and return `None`.
-    Try,
+/// Where the queue gets the session it creates nodes through: a live one, opened on
+/// demand (a `Client`'s shared session; in tests, any session).
+#[async_trait]
+pub(crate) trait SessionSource: Send + Sync {
+    /// A session that is not lost, opening one if needed.
+    ///
+    /// Cancel safety: safe.
+    async fn session(&self) -> Result<Arc<dyn Session>>;
+}
+
+/// Counters of what acquires did (the `Client`'s stats).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Grants obtained.
+    pub(crate) grants: AtomicU64,
+    /// Times a waiter was woken to look at the queue again.
+    pub(crate) wakeups: AtomicU64,
+}
+
+impl Counters {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the queue needs from its surroundings.
+pub(crate) struct Context {
+    sessions: Arc<dyn SessionSource>,
+    policy: LossPolicy,
+    label: Option<String>,
+    /// How long a waiting acquire rides out connection trouble before failing.
+    patience: Duration,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("policy", &self.policy)
+            .field("label", &self.label)
+            .field("patience", &self.patience)
+            .finish()
+    }
+}
+
+impl Context {
+    /// A context over `sessions` whose session TTL is `ttl`.
+    pub(crate) fn new(
+        sessions: Arc<dyn SessionSource>,
+        policy: LossPolicy,
+        label: Option<String>,
+        ttl: Duration,
+    ) -> Self {
+        Context {
+            sessions,
+            policy,
+            label,
+            // A new session cannot be opened during a partition: wait that long at least.
+            patience: (ttl * 2).max(Duration::from_secs(10)),
+            counters: Counters::default(),
+        }
+    }
+
+    /// A live session.
+    ///
+    /// Cancel safety: safe.
+    pub(crate) async fn session(&self) -> Result<Arc<dyn Session>> {
+        self.sessions.session().await
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        HolderInfo::now(self.label.as_deref()).encode()
+    }
 }
 
 /// What a recipe asks the queue for.
@@ -44,67 +126,141 @@ pub(crate) struct Request<'a> {
     pub queue: &'a str,
     pub kind: NodeKind,
     pub rule: WaitRule,
-    pub mode: Mode,
     /// The node's payload; `None` for holder metadata.
     pub payload: Option<Vec<u8>>,
+    /// `Some`: `queue` is a waiting line and the hold is a node in another directory.
+    pub admission: Option<Admission<'a>>,
 }
 
-/// Joins the queue and waits for our turn.
-///
-/// Cancel safety: safe. Dropped at any point, the node it created (or may have created)
-/// is removed in the background.
-#[tracing::instrument(level = "debug", skip_all, fields(lock = req.queue, kind = ?req.kind, mode = ?req.mode))]
-pub(crate) async fn acquire(client: &Client, req: Request<'_>) -> Result<Option<Arc<Lease>>> {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(20);
-    // Waiting acquires ride out connection trouble (a new session cannot be opened
-    // during a partition) for a while; a store that stays unreachable is an error.
-    let patience = (client.options().ttl * 2).max(Duration::from_secs(10));
-    let mut trouble_since: Option<Instant> = None;
-    loop {
-        match attempt(client, &req).await {
-            Ok(Some(lease)) => {
-                tracing::debug!(
-                    lock = req.queue,
-                    token = lease.node.token,
-                    waited_ms = started.elapsed().as_millis() as u64,
-                    "granted"
-                );
-                return Ok(Some(lease));
-            }
-            Ok(None) => return Ok(None),
-            // Our place in the queue vanished before anything was granted: join again.
-            Err(e @ (Error::SessionExpired(_) | Error::LockLost(_))) if req.mode == Mode::Wait => {
-                tracing::warn!(lock = req.queue, error = %e, "lost our place in the queue; joining again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(e) if e.is_retryable() && req.mode == Mode::Wait => {
-                let since = *trouble_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= patience {
-                    return Err(e);
-                }
-                tracing::warn!(lock = req.queue, error = %e, "cannot reach the store; trying again");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(e) => return Err(e),
+impl<'a> Request<'a> {
+    /// A request for a node of `kind` in `queue`, waiting as `rule` says.
+    pub(crate) fn new(queue: &'a str, kind: NodeKind, rule: WaitRule) -> Self {
+        Request {
+            queue,
+            kind,
+            rule,
+            payload: None,
+            admission: None,
         }
     }
 }
 
-async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>>> {
-    let session = client.session().await?;
-    let payload = match &req.payload {
-        Some(p) => p.clone(),
-        None => HolderInfo::now(client.options().label.as_deref()).encode(),
-    };
+/// The semaphore's second step: the head of the waiting line enters `holders` while
+/// [`admits`] says a permit is free.
+pub(crate) struct Admission<'a> {
+    pub holders: &'a str,
+    pub permits: u32,
+}
+
+/// Whether an acquire waits, and what it returns: the two modes share one algorithm, and
+/// their result types say what each can answer (a waiting acquire has no "not granted").
+pub(crate) trait Mode {
+    /// What the acquire returns.
+    type Output: Send;
+    /// Whether the acquire waits (and so joins again when its place is lost).
+    const WAITS: bool;
+    /// The answer for a grant.
+    fn granted(lease: Arc<Lease>) -> Self::Output;
+    /// The answer when the acquire would have to wait; `None`: it waits.
+    fn busy() -> Option<Self::Output>;
+}
+
+/// Wait in the queue until granted (joining again on a fresh session if ours is lost
+/// while waiting: nothing was held yet).
+pub(crate) enum Wait {}
+
+impl Mode for Wait {
+    type Output = Arc<Lease>;
+    const WAITS: bool = true;
+    fn granted(lease: Arc<Lease>) -> Arc<Lease> {
+        lease
+    }
+    fn busy() -> Option<Arc<Lease>> {
+        None
+    }
+}
+
+/// Never wait: if the rule names a node to wait for, remove ours and answer `None`.
+pub(crate) enum Try {}
+
+impl Mode for Try {
+    type Output = Option<Arc<Lease>>;
+    const WAITS: bool = false;
+    fn granted(lease: Arc<Lease>) -> Option<Arc<Lease>> {
+        Some(lease)
+    }
+    fn busy() -> Option<Option<Arc<Lease>>> {
+        Some(None)
+    }
+}
+
+/// Joins the queue and waits for our turn. Connection trouble is ridden out for the
+/// context's patience; a place lost before the grant is taken again at the back.
+///
+/// Cancel safety: safe. Dropped at any point, the node it created (or may have created)
+/// is removed in the background.
+pub(crate) async fn acquire(ctx: &Context, req: Request<'_>) -> Result<Arc<Lease>> {
+    run::<Wait>(ctx, &req).await
+}
+
+/// Takes the grant if the rule names nothing to wait for, without waiting: `None`
+/// otherwise, having removed our node again.
+///
+/// Cancel safety: safe; a dropped call's node is removed in the background.
+pub(crate) async fn try_acquire(ctx: &Context, req: Request<'_>) -> Result<Option<Arc<Lease>>> {
+    run::<Try>(ctx, &req).await
+}
+
+/// [`acquire`] and [`try_acquire`]: attempts until one answers, joining again (waiting
+/// mode) when our place is lost or the store is out of reach for a while.
+///
+/// Cancel safety: safe, as [`acquire`].
+#[tracing::instrument(level = "debug", skip_all, fields(lock = req.queue, kind = ?req.kind, waits = M::WAITS))]
+async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(20);
+    let mut trouble_since: Option<Instant> = None;
+    loop {
+        match attempt::<M>(ctx, req).await {
+            Ok(out) => {
+                tracing::debug!(
+                    lock = req.queue,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "answered"
+                );
+                return Ok(out);
+            }
+            // Our place in the queue vanished before anything was granted: join again.
+            Err(e @ (Error::SessionExpired(_) | Error::LockLost(_))) if M::WAITS => {
+                tracing::warn!(lock = req.queue, error = %e, "lost our place in the queue; joining again");
+            }
+            Err(e) if e.is_retryable() && M::WAITS => {
+                let since = *trouble_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= ctx.patience {
+                    return Err(e);
+                }
+                tracing::warn!(lock = req.queue, error = %e, "cannot reach the store; trying again");
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One pass: create our node, wait for our turn as the rule says, then (with an
+/// admission) wait for a free place among the holders.
+///
+/// Cancel safety: safe; our node (created or maybe created) is removed if dropped.
+async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
+    let session = ctx.session().await?;
+    let payload = req.payload.clone().unwrap_or_else(|| ctx.payload());
     let mut pending = Pending::new(session.clone(), NodeSpec::new(req.queue, req.kind, payload));
     let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
     let me = created.node;
     pending.node = Some(me.clone());
     let mut listing = created.listing;
-    loop {
+    let turn = loop {
         let Some(idx) = listing.position(&me.key) else {
             return Err(vanished(&*session));
         };
@@ -115,29 +271,55 @@ async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>
                 return Err(Error::SessionExpired(session.id()));
             }
             pending.disarm();
-            client
-                .counters()
-                .grants
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(Some(Lease::grant(
-                session,
-                me,
-                listing.revision,
-                client.options().loss_policy,
-            )));
+            Counters::count(&ctx.counters.grants);
+            tracing::debug!(lock = req.queue, token = me.token, "granted");
+            break Lease::grant(session.clone(), me, listing.revision, ctx.policy);
         };
-        if req.mode == Mode::Try {
+        if let Some(out) = M::busy() {
             pending.remove().await;
-            return Ok(None);
+            return Ok(out);
         }
         let blocker = listing.nodes[blocker].key.clone();
         tracing::trace!(lock = req.queue, waiting_for = %blocker, "queued");
         wait_turn(&*session, &blocker, &me.key, listing.revision).await?;
-        client
-            .counters()
-            .wakeups
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counters::count(&ctx.counters.wakeups);
         listing = retry(&*session, || session.list(req.queue)).await?;
+    };
+    match &req.admission {
+        None => Ok(M::granted(turn)),
+        Some(admission) => admit::<M>(ctx, turn, req.kind, admission).await,
+    }
+}
+
+/// The head of a waiting line (`turn`) enters the holders directory as soon as the
+/// admission rule lets it, watching the holders meanwhile. Only the head watches them, so
+/// a release wakes one waiter, and an admission the next head.
+///
+/// Cancel safety: safe; dropping it drops `turn` (and a holder node not yet returned),
+/// which removes them in the background.
+async fn admit<M: Mode>(
+    ctx: &Context,
+    turn: Arc<Lease>,
+    kind: NodeKind,
+    admission: &Admission<'_>,
+) -> Result<M::Output> {
+    let session = turn.session().clone();
+    loop {
+        let holders = retry(&*session, || session.list(admission.holders)).await?;
+        if admits(holders.nodes.len(), admission.permits) {
+            let held = enter(ctx, session.clone(), admission.holders, kind).await?;
+            // Our holder node exists before our waiter node goes, so the next head
+            // counts us.
+            turn.release().await?;
+            return Ok(M::granted(held));
+        }
+        if let Some(out) = M::busy() {
+            turn.release().await?;
+            return Ok(out);
+        }
+        let keys: Vec<String> = holders.nodes.into_iter().map(|n| n.key).collect();
+        any_deleted(&turn, &keys, holders.revision).await?;
+        Counters::count(&ctx.counters.wakeups);
     }
 }
 
@@ -146,11 +328,11 @@ async fn attempt(client: &Client, req: &Request<'_>) -> Result<Option<Arc<Lease>
 ///
 /// Cancel safety: safe (read only).
 pub(crate) async fn describe(
-    client: &Client,
+    ctx: &Context,
     queue: &str,
     rule: WaitRule,
 ) -> Result<(Vec<QueueEntry>, Vec<QueueEntry>)> {
-    let session = client.session().await?;
+    let session = ctx.session().await?;
     let listing = retry(&*session, || session.list(queue)).await?;
     let (mut holders, mut waiters) = (Vec::new(), Vec::new());
     for (i, node) in listing.nodes.iter().enumerate() {
@@ -170,25 +352,44 @@ pub(crate) async fn describe(
     Ok((holders, waiters))
 }
 
-/// Creates a node in `queue` and holds it at once, without waiting for anything: for
-/// recipes whose admission was decided elsewhere (the semaphore's head waiter).
+/// Waits until `queue` may have changed after revision `since` (for observers, who read
+/// it again either way). Connection trouble and a lost session end the wait too (the
+/// next read opens a fresh session); other errors, such as a backend without
+/// [`Session::queue_changed`], are returned.
+///
+/// Cancel safety: safe.
+pub(crate) async fn changed(ctx: &Context, queue: &str, since: u64) -> Result<()> {
+    let session = ctx.session().await?;
+    match session.queue_changed(queue, since).await {
+        Err(e) if e.is_retryable() => {
+            // Whatever the session does meanwhile, the next read tells.
+            let _ = settle(&*session, Duration::from_millis(100)).await;
+            Ok(())
+        }
+        // A lost session: the next read opens a fresh one.
+        Err(Error::SessionExpired(_)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Creates a node in `queue` and holds it at once, without waiting for anything: for an
+/// admission decided on the holders' listing.
 ///
 /// Cancel safety: safe; a dropped call's node is removed in the background.
-pub(crate) async fn enter(
-    client: &Client,
+async fn enter(
+    ctx: &Context,
     session: Arc<dyn Session>,
     queue: &str,
     kind: NodeKind,
 ) -> Result<Arc<Lease>> {
-    let payload = HolderInfo::now(client.options().label.as_deref()).encode();
-    let mut pending = Pending::new(session.clone(), NodeSpec::new(queue, kind, payload));
+    let mut pending = Pending::new(session.clone(), NodeSpec::new(queue, kind, ctx.payload()));
     let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
     pending.disarm();
     Ok(Lease::grant(
         session,
         created.node,
         created.listing.revision,
-        client.options().loss_policy,
+        ctx.policy,
     ))
 }
 
@@ -196,7 +397,7 @@ pub(crate) async fn enter(
 /// after a broken watch too: the caller reads again either way.
 ///
 /// Cancel safety: safe.
-pub(crate) async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
+async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
     let session = guard.session().clone();
     let watches: Vec<_> = keys
         .iter()
@@ -221,6 +422,8 @@ pub(crate) async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> R
 
 /// Waits until `blocker` is gone. Errors if our own node goes or the session is lost.
 /// Returns `Ok` after a broken watch too: the caller lists again either way.
+///
+/// Cancel safety: safe; dropping it cancels the watches.
 async fn wait_turn(session: &dyn Session, blocker: &str, me: &str, since: u64) -> Result<()> {
     enum Woke {
         Blocker(Result<()>),
@@ -256,6 +459,8 @@ fn vanished(session: &dyn Session) -> Error {
 
 /// After a retryable error: pause, and while the session is suspended wait for it to come
 /// back. Errors if the session is lost.
+///
+/// Cancel safety: safe.
 async fn settle(session: &dyn Session, pause: Duration) -> Result<()> {
     tokio::time::sleep(pause).await;
     let mut state = session.state();
@@ -271,6 +476,8 @@ async fn settle(session: &dyn Session, pause: Duration) -> Result<()> {
 
 /// Runs `op` until it succeeds, fails for good, or the session is lost. Retryable errors
 /// (connection trouble) are retried with backoff, waiting out a suspension.
+///
+/// Cancel safety: as `op`'s.
 pub(crate) async fn retry<T, F, Fut>(session: &dyn Session, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -291,6 +498,9 @@ where
 
 /// Removes a node (or the node an attempt may have created) until done or the session
 /// is gone (which removes it anyway).
+///
+/// Cancel safety: a dropped call may or may not have removed the node; callers that
+/// must finish run it in a task of its own.
 async fn remove_node(
     session: Arc<dyn Session>,
     spec: Option<NodeSpec>,
@@ -373,197 +583,5 @@ impl Drop for Pending {
                 self.node.take(),
             );
         }
-    }
-}
-
-/// Whether a session state counts as losing the lock under `policy`.
-fn classify(state: SessionState, policy: LossPolicy) -> Option<LossReason> {
-    match (state, policy) {
-        (SessionState::Lost, _) => Some(LossReason::SessionLost),
-        (SessionState::Suspended, LossPolicy::OnSuspension) => Some(LossReason::SessionSuspended),
-        _ => None,
-    }
-}
-
-/// A granted node: the lock (or permit, or leadership) is held while it exists and its
-/// session is not lost. Watches for loss in the background from the moment of the grant.
-pub(crate) struct Lease {
-    session: Arc<dyn Session>,
-    node: Node,
-    policy: LossPolicy,
-    lost: watch::Sender<Option<LossReason>>,
-    stop: CancellationToken,
-    released: AtomicBool,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("key", &self.node.key)
-            .field("token", &self.node.token)
-            .field("lost", &*self.lost.borrow())
-            .finish()
-    }
-}
-
-impl Lease {
-    fn grant(session: Arc<dyn Session>, node: Node, since: u64, policy: LossPolicy) -> Arc<Self> {
-        let (lost, _) = watch::channel(None);
-        let lease = Arc::new(Lease {
-            session: session.clone(),
-            node: node.clone(),
-            policy,
-            lost: lost.clone(),
-            stop: CancellationToken::new(),
-            released: AtomicBool::new(false),
-        });
-        tokio::spawn(monitor(
-            session,
-            node.key,
-            since,
-            lost,
-            lease.stop.clone(),
-            policy,
-        ));
-        lease
-    }
-
-    /// The held node.
-    pub(crate) fn node(&self) -> &Node {
-        &self.node
-    }
-
-    /// The session that owns the node.
-    pub(crate) fn session(&self) -> &Arc<dyn Session> {
-        &self.session
-    }
-
-    /// Why the lease is lost, if it is. Checks the session's state right now too, so the
-    /// answer is never behind the session (latched: once lost, always lost).
-    pub(crate) fn loss(&self) -> Option<LossReason> {
-        if let Some(r) = *self.lost.borrow() {
-            return Some(r);
-        }
-        let expired = self
-            .session
-            .valid_until()
-            .is_some_and(|t| std::time::Instant::now() >= t);
-        let r = if expired {
-            LossReason::SessionLost
-        } else {
-            classify(*self.session.state().borrow(), self.policy)?
-        };
-        latch(&self.lost, r);
-        Some(r)
-    }
-
-    /// Resolves when the lease is lost.
-    ///
-    /// Cancel safety: safe.
-    pub(crate) async fn lost(&self) -> LossReason {
-        let mut rx = self.lost.subscribe();
-        let mut state = self.session.state();
-        loop {
-            if let Some(r) = self.loss() {
-                return r;
-            }
-            tokio::select! {
-                _ = rx.changed() => {}
-                r = state.changed() => if r.is_err() { return LossReason::SessionLost },
-            }
-        }
-    }
-
-    /// Deletes the node (once) and reports whether the lease was still held.
-    ///
-    /// Cancel safety: safe; the deletion runs in its own task and finishes if this future
-    /// is dropped.
-    pub(crate) async fn release(&self) -> Result<()> {
-        if self.released.swap(true, Ordering::SeqCst) {
-            return Ok(());
-        }
-        self.stop.cancel();
-        let loss = self.loss();
-        let task = tokio::spawn(remove_node(
-            self.session.clone(),
-            None,
-            Some(self.node.clone()),
-        ));
-        let removed = task
-            .await
-            .unwrap_or_else(|e| Err(Error::connection(format!("release task failed: {e}"))));
-        match loss {
-            Some(r) => Err(Error::LockLost(r)),
-            None => removed,
-        }
-    }
-
-    /// Deletes the node in the background (once).
-    pub(crate) fn release_in_background(&self) {
-        if !self.released.swap(true, Ordering::SeqCst) {
-            self.stop.cancel();
-            spawn_removal(self.session.clone(), None, Some(self.node.clone()));
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.release_in_background();
-    }
-}
-
-fn latch(tx: &watch::Sender<Option<LossReason>>, reason: LossReason) {
-    tx.send_if_modified(|v| {
-        if v.is_none() {
-            *v = Some(reason);
-            true
-        } else {
-            false
-        }
-    });
-}
-
-/// Watches a held node until it is released or lost.
-async fn monitor(
-    session: Arc<dyn Session>,
-    key: String,
-    since: u64,
-    tx: watch::Sender<Option<LossReason>>,
-    stop: CancellationToken,
-    policy: LossPolicy,
-) {
-    let mut state = session.state();
-    loop {
-        let watch_broken = tokio::select! {
-            _ = stop.cancelled() => return,
-            s = state.wait_for(|s| classify(*s, policy).is_some()) => {
-                let reason = s.ok().and_then(|s| classify(*s, policy)).unwrap_or(LossReason::SessionLost);
-                latch(&tx, reason);
-                return;
-            }
-            r = session.deleted_lazily(&key, since) => r.is_err(),
-        };
-        if watch_broken {
-            // The state branch reports a lost session; otherwise watch again once the
-            // connection is back.
-            let _ = settle(&*session, Duration::from_millis(50)).await;
-            continue;
-        }
-        // Our node went: because our session did (ask the server), or someone deleted it.
-        let state = match session.probe().await {
-            Ok(s) => s,
-            Err(_) => *session.state().borrow(),
-        };
-        let reason = if state == SessionState::Lost {
-            LossReason::SessionLost
-        } else {
-            LossReason::NodeDeleted
-        };
-        if !stop.is_cancelled() {
-            tracing::warn!(key = %key, %reason, "lock lost");
-            latch(&tx, reason);
-        }
-        return;
     }
 }

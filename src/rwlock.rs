@@ -4,33 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, Node, NodeKind, Result};
+use queuelock_core::{Error, LockName, NodeKind, Result};
 
-use crate::client::Client;
-use crate::guard::{Guard, Hold};
+use crate::guard::Guard;
 use crate::metadata::QueueEntry;
-use crate::queue::{self, Mode, Request, WaitRule};
-
-/// A reader waits only on the nearest earlier node that is not a reader (a writer, a
-/// mutex holder, or a node some other tool wrote): readers share until the next queued
-/// writer, and every reader queued behind that writer waits for it.
-fn nearest_earlier_writer(nodes: &[Node], me: usize) -> Option<usize> {
-    nodes[..me].iter().rposition(|n| n.kind != NodeKind::Read)
-}
-
-/// A writer waits on its immediate predecessor, like a mutex: FIFO, and writers never
-/// starve because readers arriving later queue behind them.
-fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
-    me.checked_sub(1)
-}
-
-/// The rule a node of either kind follows.
-fn rule_for(nodes: &[Node], me: usize) -> Option<usize> {
-    match nodes[me].kind {
-        NodeKind::Read => nearest_earlier_writer(nodes, me),
-        _ => predecessor(nodes, me),
-    }
-}
+use crate::queue::{self, by_kind, shared_or_exclusive, Context, Request};
 
 /// A fair distributed read-write lock.
 ///
@@ -58,7 +36,7 @@ fn rule_for(nodes: &[Node], me: usize) -> Option<usize> {
 /// ```
 #[derive(Clone)]
 pub struct RwLock {
-    client: Client,
+    ctx: Arc<Context>,
     name: LockName,
     label: Arc<str>,
 }
@@ -70,13 +48,9 @@ impl fmt::Debug for RwLock {
 }
 
 impl RwLock {
-    pub(crate) fn new(client: Client, name: LockName) -> Self {
+    pub(crate) fn new(ctx: Arc<Context>, name: LockName) -> Self {
         let label = Arc::from(name.as_str());
-        RwLock {
-            client,
-            name,
-            label,
-        }
+        RwLock { ctx, name, label }
     }
 
     /// The lock's name.
@@ -88,7 +62,7 @@ impl RwLock {
     ///
     /// Cancel safety: safe (read only).
     pub async fn holders(&self) -> Result<Vec<QueueEntry>> {
-        Ok(queue::describe(&self.client, self.name.as_str(), rule_for)
+        Ok(queue::describe(&self.ctx, self.name.as_str(), by_kind)
             .await?
             .0)
     }
@@ -97,45 +71,37 @@ impl RwLock {
     ///
     /// Cancel safety: safe (read only).
     pub async fn waiters(&self) -> Result<Vec<QueueEntry>> {
-        Ok(queue::describe(&self.client, self.name.as_str(), rule_for)
+        Ok(queue::describe(&self.ctx, self.name.as_str(), by_kind)
             .await?
             .1)
     }
 
-    async fn take(&self, kind: NodeKind, rule: WaitRule, mode: Mode) -> Result<Option<Guard>> {
-        let req = Request {
-            queue: self.name.as_str(),
-            kind,
-            rule,
-            mode,
-            payload: None,
-        };
-        let lease = queue::acquire(&self.client, req).await?;
-        Ok(lease.map(|l| Guard::new(self.label.clone(), l, Hold::Single)))
+    fn request(&self, kind: NodeKind) -> Request<'_> {
+        Request::new(self.name.as_str(), kind, shared_or_exclusive(kind))
     }
 
-    async fn wait(&self, kind: NodeKind, rule: WaitRule) -> Result<Guard> {
-        self.take(kind, rule, Mode::Wait)
-            .await?
-            .ok_or_else(|| Error::Backend {
-                backend: "queue",
-                message: "waiting acquire returned without a grant".to_owned(),
-                source: None,
-            })
+    async fn wait(&self, kind: NodeKind) -> Result<Guard> {
+        let lease = queue::acquire(&self.ctx, self.request(kind)).await?;
+        Ok(Guard::new(self.label.clone(), lease))
+    }
+
+    async fn take(&self, kind: NodeKind) -> Result<Option<Guard>> {
+        let lease = queue::try_acquire(&self.ctx, self.request(kind)).await?;
+        Ok(lease.map(|l| Guard::new(self.label.clone(), l)))
     }
 
     /// Waits for shared (read) access.
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn read(&self) -> Result<Guard> {
-        self.wait(NodeKind::Read, nearest_earlier_writer).await
+        self.wait(NodeKind::Read).await
     }
 
     /// Waits for exclusive (write) access.
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn write(&self) -> Result<Guard> {
-        self.wait(NodeKind::Write, predecessor).await
+        self.wait(NodeKind::Write).await
     }
 
     /// Read access if no writer is held or queued, without waiting (`None` otherwise,
@@ -143,15 +109,14 @@ impl RwLock {
     ///
     /// Cancel safety: safe.
     pub async fn try_read(&self) -> Result<Option<Guard>> {
-        self.take(NodeKind::Read, nearest_earlier_writer, Mode::Try)
-            .await
+        self.take(NodeKind::Read).await
     }
 
     /// Write access if nobody holds or waits for the lock, without waiting.
     ///
     /// Cancel safety: safe.
     pub async fn try_write(&self) -> Result<Option<Guard>> {
-        self.take(NodeKind::Write, predecessor, Mode::Try).await
+        self.take(NodeKind::Write).await
     }
 
     /// [`RwLock::read`] that fails with [`Error::Timeout`] after `timeout`.
@@ -170,40 +135,5 @@ impl RwLock {
         tokio::time::timeout(timeout, self.write())
             .await
             .map_err(|_| Error::Timeout(timeout))?
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(kind: NodeKind, seq: u64) -> Node {
-        Node {
-            key: format!("k{seq}"),
-            sequence: seq,
-            token: seq,
-            kind,
-        }
-    }
-
-    #[test]
-    fn reader_waits_on_nearest_earlier_writer_only() {
-        use NodeKind::*;
-        let q: Vec<Node> = [Read, Write, Read, Read, Write, Read, Unknown, Read]
-            .iter()
-            .enumerate()
-            .map(|(i, k)| node(*k, i as u64))
-            .collect();
-        assert_eq!(nearest_earlier_writer(&q, 0), None);
-        assert_eq!(nearest_earlier_writer(&q, 2), Some(1));
-        assert_eq!(nearest_earlier_writer(&q, 3), Some(1));
-        assert_eq!(nearest_earlier_writer(&q, 5), Some(4));
-        assert_eq!(
-            nearest_earlier_writer(&q, 7),
-            Some(6),
-            "unknown nodes are exclusive"
-        );
-        assert_eq!(predecessor(&q, 4), Some(3));
-        assert_eq!(predecessor(&q, 0), None);
     }
 }

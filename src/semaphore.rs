@@ -1,28 +1,23 @@
 //! [`Semaphore`]: at most N holders, admitted in FIFO order.
 //!
-//! Layout under the semaphore's name: `waiters/` is a FIFO queue run by the shared queue
-//! algorithm (each waiter watches its predecessor); `holders/` holds one node per permit
-//! in use; `meta/permits` stores N. Only the head of `waiters/` may enter: it watches the
-//! holders while all N permits are taken, and enters (creates its holder node, then
-//! deletes its waiter node) as soon as fewer than N are. So a release wakes one waiter
-//! (the head), and an admission wakes one (the next head): O(1) per release, and live,
-//! because whichever holder goes, the head hears it. A holder that dies frees its permit
-//! with its session.
+//! Layout under the semaphore's name: `waiters/` is a FIFO queue (each waiter watches its
+//! predecessor); `holders/` holds one node per permit in use; `meta/permits` stores N.
+//! Only the head of `waiters/` may enter: it watches the holders while all N permits are
+//! taken, and enters (creates its holder node, then deletes its waiter node) as soon as
+//! fewer than N are. So a release wakes one waiter (the head), and an admission wakes one
+//! (the next head): O(1) per release, and live, because whichever holder goes, the head
+//! hears it. A holder that dies frees its permit with its session. The waiting, both in
+//! line and at its head, is the shared queue algorithm's (an `Admission` request).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, Node, NodeKind, Result};
+use queuelock_core::{Error, LockName, NodeKind, Result};
 
-use crate::client::Client;
-use crate::guard::{Guard, Hold};
+use crate::guard::Guard;
 use crate::metadata::QueueEntry;
-use crate::queue::{self, Mode, Request};
-
-fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
-    me.checked_sub(1)
-}
+use crate::queue::{self, everyone_holds, predecessor, Admission, Context, Request};
 
 /// A distributed counting semaphore with N permits and FIFO admission.
 ///
@@ -42,7 +37,7 @@ fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
 /// ```
 #[derive(Clone)]
 pub struct Semaphore {
-    client: Client,
+    ctx: Arc<Context>,
     name: LockName,
     permits: u32,
     label: Arc<str>,
@@ -61,7 +56,7 @@ impl fmt::Debug for Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn new(client: Client, name: LockName, permits: u32) -> Result<Self> {
+    pub(crate) fn new(ctx: Arc<Context>, name: LockName, permits: u32) -> Result<Self> {
         if permits == 0 {
             return Err(Error::Config(format!(
                 "semaphore {name} needs at least 1 permit"
@@ -73,7 +68,7 @@ impl Semaphore {
             holders: format!("{n}/holders"),
             count_key: format!("{n}/meta/permits"),
             label: Arc::from(n),
-            client,
+            ctx,
             name,
             permits,
         })
@@ -93,7 +88,7 @@ impl Semaphore {
     ///
     /// Cancel safety: safe (read only).
     pub async fn holders(&self) -> Result<Vec<QueueEntry>> {
-        Ok(queue::describe(&self.client, &self.holders, |_, _| None)
+        Ok(queue::describe(&self.ctx, &self.holders, everyone_holds)
             .await?
             .0)
     }
@@ -102,13 +97,13 @@ impl Semaphore {
     ///
     /// Cancel safety: safe (read only).
     pub async fn waiters(&self) -> Result<Vec<QueueEntry>> {
-        let (head, rest) = queue::describe(&self.client, &self.waiters, predecessor).await?;
+        let (head, rest) = queue::describe(&self.ctx, &self.waiters, predecessor).await?;
         Ok(head.into_iter().chain(rest).collect())
     }
 
     /// Stores the permit count, or checks ours against the stored one.
     async fn check_permits(&self) -> Result<()> {
-        let session = self.client.session().await?;
+        let session = self.ctx.session().await?;
         let ours = self.permits.to_string();
         let stored = queue::retry(&*session, || {
             session.put_if_absent(&self.count_key, ours.as_bytes())
@@ -129,57 +124,13 @@ impl Semaphore {
         }
     }
 
-    async fn take(&self, mode: Mode) -> Result<Option<Guard>> {
-        self.check_permits().await?;
-        loop {
-            match self.attempt(mode).await {
-                // Lost our turn before entering (nothing held): queue again.
-                Err(Error::SessionExpired(_) | Error::LockLost(_)) if mode == Mode::Wait => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn attempt(&self, mode: Mode) -> Result<Option<Guard>> {
-        let req = Request {
-            queue: &self.waiters,
-            kind: NodeKind::Permit,
-            rule: predecessor,
-            mode,
-            payload: None,
-        };
-        // Head of the waiting line: ours to enter as soon as a permit is free.
-        let Some(turn) = queue::acquire(&self.client, req).await? else {
-            return Ok(None);
-        };
-        let session = turn.session().clone();
-        loop {
-            let holders = queue::retry(&*session, || session.list(&self.holders)).await?;
-            if holders.nodes.len() < self.permits as usize {
-                let held = queue::enter(
-                    &self.client,
-                    session.clone(),
-                    &self.holders,
-                    NodeKind::Permit,
-                )
-                .await?;
-                // Our holder node exists before our waiter node goes, so the next head
-                // counts us.
-                turn.release().await?;
-                return Ok(Some(Guard::new(self.label.clone(), held, Hold::Single)));
-            }
-            if mode == Mode::Try {
-                turn.release().await?;
-                return Ok(None);
-            }
-            let keys: Vec<String> = holders.nodes.into_iter().map(|n| n.key).collect();
-            queue::any_deleted(&turn, &keys, holders.revision).await?;
-            self.client
-                .counters()
-                .wakeups
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn request(&self) -> Request<'_> {
+        Request {
+            admission: Some(Admission {
+                holders: &self.holders,
+                permits: self.permits,
+            }),
+            ..Request::new(&self.waiters, NodeKind::Permit, predecessor)
         }
     }
 
@@ -187,11 +138,9 @@ impl Semaphore {
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn acquire(&self) -> Result<Guard> {
-        self.take(Mode::Wait).await?.ok_or_else(|| Error::Backend {
-            backend: "queue",
-            message: "waiting acquire returned without a grant".to_owned(),
-            source: None,
-        })
+        self.check_permits().await?;
+        let lease = queue::acquire(&self.ctx, self.request()).await?;
+        Ok(Guard::new(self.label.clone(), lease))
     }
 
     /// A permit if one is free and nobody waits, without waiting (`None` otherwise,
@@ -199,7 +148,9 @@ impl Semaphore {
     ///
     /// Cancel safety: safe.
     pub async fn try_acquire(&self) -> Result<Option<Guard>> {
-        self.take(Mode::Try).await
+        self.check_permits().await?;
+        let lease = queue::try_acquire(&self.ctx, self.request()).await?;
+        Ok(lease.map(|l| Guard::new(self.label.clone(), l)))
     }
 
     /// [`Semaphore::acquire`] that fails with [`Error::Timeout`] after `timeout`.

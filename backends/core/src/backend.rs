@@ -133,15 +133,13 @@ pub trait Session: Send + Sync + fmt::Debug {
     /// matters changed (callers read the queue again), but never misses such a change
     /// after `since`. Used to observe an election's leader.
     ///
-    /// The default implementation reports that the backend does not support it.
+    /// The default implementation fails with [`crate::Error::NotSupported`].
     ///
     /// Cancel safety: safe; dropping it cancels the watch.
     async fn queue_changed(&self, queue: &str, since: Revision) -> Result<()> {
         let _ = (queue, since);
-        Err(crate::Error::Backend {
-            backend: "contract",
-            message: "this backend does not implement queue_changed".to_owned(),
-            source: None,
+        Err(crate::Error::NotSupported {
+            operation: "queue_changed",
         })
     }
 

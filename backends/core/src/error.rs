@@ -85,6 +85,14 @@ pub enum Error {
         message: String,
     },
 
+    /// The backend does not offer this optional operation of the contract (for example
+    /// [`crate::Session::queue_changed`], which only observers need).
+    #[error("this backend does not support {operation}")]
+    NotSupported {
+        /// The operation asked for.
+        operation: &'static str,
+    },
+
     /// The client or session was closed by its owner.
     #[error("client is closed")]
     Closed,

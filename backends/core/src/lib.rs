@@ -53,7 +53,7 @@ pub use backend::{Backend, Session, SessionOptions};
 pub use error::{BoxError, Error, Result};
 pub use name::{LockName, NameError, MAX_NAME_LEN, MAX_SEGMENT_LEN};
 pub use node::{Created, Listing, Node, NodeKind, NodeSpec, Op, Revision};
-pub use session::{LossReason, SessionId, SessionState};
+pub use session::{LossReason, SessionId, SessionState, SessionStatus};
 pub use tls::TlsPem;
 
 #[cfg(feature = "testkit")]

@@ -113,6 +113,22 @@ impl Listing {
     pub fn position(&self, key: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.key == key)
     }
+
+    /// The answer of a create whose node is `key` and that read this listing: our node
+    /// as listed, or [`crate::Error::LockLost`] if the listing does not contain it (it
+    /// was deleted between the create and the read).
+    pub fn created(self, key: &str) -> crate::Result<Created> {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.key == key)
+            .cloned()
+            .ok_or(crate::Error::LockLost(crate::LossReason::NodeDeleted))?;
+        Ok(Created {
+            node,
+            listing: self,
+        })
+    }
 }
 
 /// The answer of [`crate::Session::create_sequential`]: our node and the queue as seen

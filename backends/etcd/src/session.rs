@@ -1,14 +1,14 @@
 //! A session: one etcd lease, kept alive in the background, and every contract operation.
 
 use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use queuelock_core::{
     Created, Error, Listing, LossReason, Node, NodeSpec, Op, Result, Session, SessionId,
-    SessionState,
+    SessionState, SessionStatus,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -18,38 +18,13 @@ use crate::keys::parse_kind;
 use crate::watch::Event;
 use crate::Inner;
 
-/// What the keep-alive task and the session share.
-struct Shared {
-    state: watch::Sender<SessionState>,
-    /// Send time of the last acknowledged keep-alive + TTL: the lease is surely alive
-    /// until then, and maybe not after.
-    deadline: StdMutex<Instant>,
-}
-
-impl Shared {
-    fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set(&self, s: SessionState) {
-        self.state.send_if_modified(|cur| {
-            // Lost is terminal.
-            if *cur == s || *cur == SessionState::Lost {
-                false
-            } else {
-                *cur = s;
-                true
-            }
-        });
-    }
-}
-
 /// A lease-backed session.
 pub(crate) struct EtcdSession {
     inner: Arc<Inner>,
     lease: i64,
     ttl: Duration,
-    shared: Arc<Shared>,
+    /// Shared with the keep-alive task and the watchdog.
+    shared: Arc<SessionStatus>,
     state: watch::Receiver<SessionState>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,11 +50,10 @@ impl EtcdSession {
             .map_err(map_error)?;
         // The server may raise a TTL below its minimum.
         let ttl = Duration::from_secs(grant.ttl().max(1) as u64);
-        let (state_tx, state) = watch::channel(SessionState::Live);
-        let shared = Arc::new(Shared {
-            state: state_tx,
-            deadline: StdMutex::new(sent + ttl),
-        });
+        // Send time of the last acknowledged keep-alive + TTL: the lease is surely alive
+        // until then, and maybe not after.
+        let shared = Arc::new(SessionStatus::with_deadline(sent + ttl));
+        let state = shared.subscribe();
         let lease = grant.id();
         let tasks = vec![
             tokio::spawn(keep_alive(inner.client.clone(), lease, ttl, shared.clone())),
@@ -194,7 +168,7 @@ async fn keep_alive(
     mut client: etcd_client::Client,
     lease: i64,
     ttl: Duration,
-    shared: Arc<Shared>,
+    shared: Arc<SessionStatus>,
 ) {
     let period = ttl / 3;
     loop {
@@ -220,8 +194,7 @@ async fn keep_alive(
                     return;
                 }
                 Ok(Ok(Some(r))) => {
-                    let until = sent + Duration::from_secs(r.ttl() as u64);
-                    *shared.deadline.lock().unwrap_or_else(|p| p.into_inner()) = until;
+                    shared.renew(sent + Duration::from_secs(r.ttl() as u64));
                     shared.set(SessionState::Live);
                 }
                 _ => {
@@ -237,11 +210,10 @@ async fn keep_alive(
 
 /// Declares the session Lost once the conservative deadline passes without a renewal,
 /// whatever the keep-alive task is stuck on.
-async fn watchdog(shared: Arc<Shared>) {
-    loop {
-        let deadline = shared.deadline();
+async fn watchdog(shared: Arc<SessionStatus>) {
+    while let Some(deadline) = shared.deadline() {
         tokio::time::sleep_until(deadline.into()).await;
-        if Instant::now() >= shared.deadline() {
+        if shared.deadline().is_some_and(|d| Instant::now() >= d) {
             shared.set(SessionState::Lost);
             return;
         }
@@ -274,7 +246,7 @@ impl Session for EtcdSession {
     }
 
     fn valid_until(&self) -> Option<Instant> {
-        Some(self.shared.deadline())
+        self.shared.deadline()
     }
 
     /// One round trip: a transaction creates our key if absent (bound to the lease) and
@@ -310,15 +282,8 @@ impl Session for EtcdSession {
             .or_else([read()]);
         let resp = self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        let listing = self.listing(&spec.queue, &get_response(&resp), revision);
-        let rel = self.inner.keys.rel(&key);
-        let node = listing
-            .nodes
-            .iter()
-            .find(|n| n.key == rel)
-            .cloned()
-            .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
-        Ok(Created { node, listing })
+        self.listing(&spec.queue, &get_response(&resp), revision)
+            .created(self.inner.keys.rel(&key))
     }
 
     /// Deletes the attempt's key and leaves a lease-bound tombstone that makes a create
@@ -502,13 +467,7 @@ impl Session for EtcdSession {
 
     /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.check()?;
-        let resp = self
-            .kv()
-            .get(self.inner.keys.abs(key), None)
-            .await
-            .map_err(|e| self.fail(e))?;
-        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(self.read_node(key).await?.map(|(value, _)| value))
     }
 
     /// Cancel safety: a dropped call may still create the key.

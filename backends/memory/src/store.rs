@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use queuelock_core::{
     Backend, Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result, Session,
-    SessionId, SessionOptions, SessionState,
+    SessionId, SessionOptions, SessionState, SessionStatus,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -52,7 +52,7 @@ struct Entry {
 }
 
 struct SessionRec {
-    state: watch::Sender<SessionState>,
+    state: SessionStatus,
     suspended: bool,
     /// When the "server" expires the session unless a keep-alive arrives first.
     deadline: Instant,
@@ -108,7 +108,7 @@ impl State {
         let Some(rec) = self.sessions.remove(&id) else {
             return false;
         };
-        rec.state.send_replace(SessionState::Lost);
+        rec.state.set(SessionState::Lost);
         let owned: Vec<String> = self
             .entries
             .iter()
@@ -182,7 +182,7 @@ impl MemoryBackend {
         match st.sessions.get_mut(&id.0) {
             Some(rec) => {
                 rec.suspended = true;
-                rec.state.send_replace(SessionState::Suspended);
+                rec.state.set(SessionState::Suspended);
                 true
             }
             None => false,
@@ -197,7 +197,7 @@ impl MemoryBackend {
             Some(rec) => {
                 rec.suspended = false;
                 rec.deadline = Instant::now() + rec.ttl;
-                rec.state.send_replace(SessionState::Live);
+                rec.state.set(SessionState::Live);
                 true
             }
             None => false,
@@ -261,7 +261,8 @@ impl Backend for MemoryBackend {
     /// Cancel safety: safe; the session is registered without awaiting anything.
     async fn open_session(&self, options: &SessionOptions) -> Result<Arc<dyn Session>> {
         let ttl = options.ttl.max(Duration::from_millis(10));
-        let (tx, rx) = watch::channel(SessionState::Live);
+        let status = SessionStatus::new();
+        let rx = status.subscribe();
         let id = {
             let mut st = self.lock();
             st.next_session += 1;
@@ -269,7 +270,7 @@ impl Backend for MemoryBackend {
             st.sessions.insert(
                 id,
                 SessionRec {
-                    state: tx,
+                    state: status,
                     suspended: false,
                     deadline: Instant::now() + ttl,
                     ttl,
@@ -584,10 +585,7 @@ impl Session for MemorySession {
 
     /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.gate().await?;
-        let st = self.backend.lock();
-        st.check(self.id)?;
-        Ok(st.entries.get(key).map(|e| e.value.clone()))
+        Ok(self.read_node(key).await?.map(|(value, _)| value))
     }
 
     /// Cancel safety: safe once past the injected delay.

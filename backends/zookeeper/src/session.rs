@@ -1,6 +1,10 @@
 //! A session: one ZooKeeper session, and every contract operation on it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+mod create;
+mod liveness;
+mod owned;
+
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex as StdMutex};
@@ -9,7 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use queuelock_core::{
     Created, Error, Listing, LossReason, Node, NodeSpec, Op, Result, Session, SessionId,
-    SessionState,
+    SessionState, SessionStatus,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -19,64 +23,9 @@ use crate::error::map_error;
 use crate::names;
 use crate::Inner;
 
-/// Connects a ZooKeeper client (a new session unless `session` names one to resume).
-pub(crate) async fn connect(
-    inner: &Inner,
-    timeout: Duration,
-    session: Option<zookeeper_client::SessionInfo>,
-) -> Result<Client> {
-    let mut c = Client::connector()
-        .with_session_timeout(timeout)
-        .with_connection_timeout(
-            inner
-                .options
-                .connect_timeout
-                .unwrap_or(Duration::from_secs(10)),
-        );
-    if let Some(d) = &inner.options.digest {
-        c = c.with_auth("digest", d.as_bytes());
-    }
-    if let Some(s) = session {
-        c = c.with_session(s);
-    }
-    match &inner.options.tls {
-        // Every host without an explicit `tcp://` is reached over TLS.
-        Some(tls) => c
-            .with_tls(crate::tls_options(tls)?)
-            .secure_connect(&inner.hosts)
-            .await
-            .map_err(map_error),
-        None => c.connect(&inner.hosts).await.map_err(map_error),
-    }
-}
-
-struct Shared {
-    state: watch::Sender<SessionState>,
-    /// Send time of the last request the server answered + session timeout.
-    deadline: StdMutex<Instant>,
-}
-
-impl Shared {
-    fn set(&self, s: SessionState) {
-        self.state.send_if_modified(|cur| {
-            if *cur == s || *cur == SessionState::Lost {
-                false
-            } else {
-                *cur = s;
-                true
-            }
-        });
-    }
-
-    fn heard_at(&self, sent: Instant, timeout: Duration) {
-        let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
-        *d = (*d).max(sent + timeout);
-    }
-
-    fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use create::Attempts;
+pub(crate) use liveness::connect;
+use liveness::{follow_state, heartbeat};
 
 /// One ZooKeeper session.
 pub(crate) struct ZkSession {
@@ -84,7 +33,8 @@ pub(crate) struct ZkSession {
     client: StdMutex<Option<Client>>,
     id: i64,
     timeout: Duration,
-    shared: Arc<Shared>,
+    /// Shared with the state follower and the heartbeat.
+    shared: Arc<SessionStatus>,
     state: watch::Receiver<SessionState>,
     /// Attempt ids whose create was sent: a retry looks for the node before creating.
     attempted: StdMutex<Attempts>,
@@ -108,48 +58,20 @@ impl fmt::Debug for ZkSession {
     }
 }
 
-/// The ids of recent create attempts, bounded: a retry follows its first try closely, and
-/// forgetting a very old id only costs idempotence for an attempt nobody retries.
-#[derive(Default)]
-struct Attempts {
-    set: HashSet<uuid::Uuid>,
-    order: VecDeque<uuid::Uuid>,
-}
-
-impl Attempts {
-    const MAX: usize = 16_384;
-
-    /// Records `id`; true if it was already there (this is a retry).
-    fn note(&mut self, id: uuid::Uuid) -> bool {
-        if !self.set.insert(id) {
-            return true;
-        }
-        self.order.push_back(id);
-        if self.order.len() > Self::MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        false
-    }
-}
-
 impl ZkSession {
     pub(crate) async fn open(inner: Arc<Inner>, timeout: Duration) -> Result<Self> {
         let sent = Instant::now();
         let client = connect(&inner, timeout, None).await?;
         let timeout = client.session_timeout();
         let id = client.session_id().0;
-        let (tx, state) = watch::channel(SessionState::Live);
+        // Send time of the last request the server answered + session timeout.
+        let shared = Arc::new(SessionStatus::with_deadline(sent + timeout));
+        let state = shared.subscribe();
         inner
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (client.session().clone(), state.clone()));
-        let shared = Arc::new(Shared {
-            state: tx,
-            deadline: StdMutex::new(sent + timeout),
-        });
         let tasks = vec![
             tokio::spawn(follow_state(client.state_watcher(), shared.clone())),
             tokio::spawn(heartbeat(client.clone(), shared.clone(), timeout)),
@@ -256,83 +178,6 @@ impl ZkSession {
         }
     }
 
-    /// Our node for `spec` if one exists and our session owns it (after a lost answer):
-    /// found by the attempt's uuid among the children, adopted only if its
-    /// `ephemeral_owner` is this session.
-    async fn find_own(&self, client: &Client, spec: &NodeSpec) -> Result<Option<(String, u64)>> {
-        let dir = self.path(&spec.queue);
-        let children = match client.list_children(&dir).await {
-            Ok(c) => c,
-            Err(ZkError::NoNode) => return Ok(None),
-            Err(e) => return Err(self.fail(e)),
-        };
-        let marker = names::marker(spec);
-        for name in children.into_iter().filter(|c| c.starts_with(&marker)) {
-            let path = format!("{dir}/{name}");
-            match client.check_stat(&path).await {
-                Ok(Some(stat)) if stat.ephemeral_owner == self.id => {
-                    return Ok(Some((format!("{}/{name}", spec.queue), stat.czxid as u64)))
-                }
-                Ok(Some(stat)) => tracing::warn!(
-                    node = %path,
-                    owner = format_args!("{:x}", stat.ephemeral_owner),
-                    "a node carries our attempt's id but another session owns it: not adopted"
-                ),
-                Ok(None) => {}
-                Err(e) => return Err(self.fail(e)),
-            }
-        }
-        Ok(None)
-    }
-
-    /// Our node `key` (with `token`) plus a fresh listing of its queue, after `find_own`.
-    async fn adopt(
-        &self,
-        client: &Client,
-        queue: &str,
-        key: String,
-        token: u64,
-    ) -> Result<Created> {
-        let (children, stat) = client
-            .get_children(&self.path(queue))
-            .await
-            .map_err(|e| self.fail(e))?;
-        let listing = self.listing(queue, &children, stat.pzxid, Some((&key, token)));
-        let node = listing
-            .nodes
-            .iter()
-            .find(|n| n.key == key)
-            .cloned()
-            .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
-        self.own(&node.key, node.token);
-        Ok(Created { node, listing })
-    }
-
-    /// Records a node of ours.
-    fn own(&self, key: &str, token: u64) {
-        self.owned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_owned(), token);
-    }
-
-    /// Forgets a node of ours that is gone (only if `token` is the one recorded).
-    fn disown(&self, key: &str, token: u64) {
-        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-        if owned.get(key).is_some_and(|t| token == 0 || *t == token) {
-            owned.remove(key);
-        }
-    }
-
-    /// The token of our live node at `key`, if we created one there.
-    fn owned_token(&self, key: &str) -> Option<u64> {
-        self.owned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
-    }
-
     /// Runs `op` unless the session is lost first (requests sent while disconnected wait
     /// for a reconnection that may never come; the session's deadline still ends them).
     async fn until_lost<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
@@ -356,119 +201,10 @@ impl ZkSession {
             Err(e) => Err(self.fail(e)),
         }
     }
-
-    async fn create_inner(&self, client: &Client, spec: &NodeSpec) -> Result<Created> {
-        let dir = self.path(&spec.queue);
-        let retry = self
-            .attempted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .note(spec.id);
-        if retry {
-            if let Some((key, token)) = self.find_own(client, spec).await? {
-                return self.adopt(client, &spec.queue, key, token).await;
-            }
-        }
-        let prefix = format!("{dir}/{}", names::prefix(spec));
-        let opts = CreateMode::EphemeralSequential.with_acls(self.inner.acls());
-        for _ in 0..MAX_RACES {
-            // Both requests are sent now, in this order (zookeeper-client sends when the
-            // method is called, not when the future is polled), and awaited together:
-            // one round trip, and the children read sees our node.
-            let create = client.create(&prefix, &spec.payload, &opts);
-            let children = client.get_children(&dir);
-            let (created, children) = tokio::join!(create, children);
-            match created {
-                Ok((stat, seq)) => {
-                    let key = format!("{}/{}{seq}", spec.queue, names::prefix(spec));
-                    let token = stat.czxid as u64;
-                    self.own(&key, token);
-                    let (children, parent) = children.map_err(|e| self.fail(e))?;
-                    let listing =
-                        self.listing(&spec.queue, &children, parent.pzxid, Some((&key, token)));
-                    let node = listing
-                        .nodes
-                        .iter()
-                        .find(|n| n.key == key)
-                        .cloned()
-                        .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
-                    return Ok(Created { node, listing });
-                }
-                Err(ZkError::NoNode) => {
-                    // Parent missing (or reaped as an empty container between our mkdir
-                    // and the create): create it, try again.
-                    self.mkdirs(client, &dir).await?;
-                }
-                Err(ZkError::ConnectionLoss) => {
-                    // The create may or may not have happened: look for it by its uuid.
-                    if let Some((key, token)) = self.find_own(client, spec).await? {
-                        return self.adopt(client, &spec.queue, key, token).await;
-                    }
-                    return Err(Error::connection("ZooKeeper connection lost during create"));
-                }
-                Err(e) => return Err(self.fail(e)),
-            }
-        }
-        Err(Error::Backend {
-            backend: "zookeeper",
-            message: format!("parent {dir} keeps disappearing"),
-            source: None,
-        })
-    }
 }
-
 /// How often a write is retried when a container parent is reaped under it, or another
 /// writer changes a key between our read and our `multi`.
 const MAX_RACES: usize = 10;
-
-/// Maps ZooKeeper's session states; Lost too once the timeout has passed since the
-/// disconnection, whatever the server has (not yet) said.
-async fn follow_state(mut watcher: zookeeper_client::StateWatcher, shared: Arc<Shared>) {
-    use zookeeper_client::SessionState as Zk;
-    loop {
-        // Whatever the client library reports, the session is lost once the deadline
-        // (last answer + timeout) passes without a new answer.
-        let next = match tokio::time::timeout_at(shared.deadline().into(), watcher.changed()).await
-        {
-            Ok(s) => s,
-            Err(_) => {
-                if Instant::now() >= shared.deadline() {
-                    tracing::warn!(
-                        "no answer from ZooKeeper within the session timeout: session lost"
-                    );
-                    shared.set(SessionState::Lost);
-                    return;
-                }
-                continue;
-            }
-        };
-        match next {
-            // The deadline (last answer + timeout) is never later than Curator's
-            // "disconnected + timeout".
-            Zk::Disconnected => shared.set(SessionState::Suspended),
-            Zk::SyncConnected | Zk::ConnectedReadOnly => shared.set(SessionState::Live),
-            Zk::Expired | Zk::AuthFailed | Zk::Closed => {
-                shared.set(SessionState::Lost);
-                return;
-            }
-        }
-    }
-}
-
-/// A cheap request every timeout/3: its answers move the conservative deadline.
-async fn heartbeat(client: Client, shared: Arc<Shared>, timeout: Duration) {
-    let period = timeout / 3;
-    loop {
-        let sent = Instant::now();
-        if let Ok(Ok(_)) = tokio::time::timeout(period, client.check_stat("/")).await {
-            shared.heard_at(sent, timeout);
-        }
-        if *shared.state.borrow() == SessionState::Lost {
-            return;
-        }
-        tokio::time::sleep_until((sent + period).into()).await;
-    }
-}
 
 impl Drop for ZkSession {
     fn drop(&mut self) {
@@ -500,7 +236,7 @@ impl Session for ZkSession {
     }
 
     fn valid_until(&self) -> Option<Instant> {
-        Some(self.shared.deadline())
+        self.shared.deadline()
     }
 
     /// The create and the children read are sent back to back: one round trip.
@@ -652,7 +388,7 @@ impl Session for ZkSession {
         let client = self.client()?;
         let sent = Instant::now();
         match client.check_stat("/").await {
-            Ok(_) => self.shared.heard_at(sent, self.timeout),
+            Ok(_) => self.shared.renew(sent + self.timeout),
             Err(e) => {
                 let _ = self.fail(e);
             }
@@ -821,15 +557,7 @@ impl Session for ZkSession {
 
     /// Cancel safety: safe (read only).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let client = self.client()?;
-        match client.get_data(&self.path(key)).await {
-            Ok((data, stat)) => {
-                self.saw(key, stat.mzxid);
-                Ok(Some(data))
-            }
-            Err(ZkError::NoNode) => Ok(None),
-            Err(e) => Err(self.fail(e)),
-        }
+        Ok(self.read_node(key).await?.map(|(data, _)| data))
     }
 
     /// Creates a persistent node (parents as containers); `NodeExists` returns the
@@ -895,24 +623,5 @@ impl Session for ZkSession {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Attempts;
-
-    #[test]
-    fn attempts_are_bounded_and_remember_recent_ids() {
-        let mut a = Attempts::default();
-        let first = uuid::Uuid::new_v4();
-        assert!(!a.note(first));
-        assert!(a.note(first), "a retry is recognised");
-        for _ in 0..Attempts::MAX {
-            a.note(uuid::Uuid::new_v4());
-        }
-        assert_eq!(a.set.len(), Attempts::MAX);
-        assert_eq!(a.order.len(), Attempts::MAX);
-        assert!(!a.note(first), "the oldest id is forgotten");
     }
 }

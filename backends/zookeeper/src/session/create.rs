@@ -1,0 +1,162 @@
+//! Idempotent create: a node per attempt, found again by the attempt's uuid after a lost
+//! answer and adopted only if this session owns it.
+
+use std::collections::{HashSet, VecDeque};
+
+use queuelock_core::{Created, Error, NodeSpec, Result};
+use zookeeper_client::{Client, CreateMode, Error as ZkError};
+
+use super::{ZkSession, MAX_RACES};
+use crate::names;
+
+/// The ids of recent create attempts, bounded: a retry follows its first try closely, and
+/// forgetting a very old id only costs idempotence for an attempt nobody retries.
+#[derive(Default)]
+pub(super) struct Attempts {
+    set: HashSet<uuid::Uuid>,
+    order: VecDeque<uuid::Uuid>,
+}
+
+impl Attempts {
+    const MAX: usize = 16_384;
+
+    /// Records `id`; true if it was already there (this is a retry).
+    pub(super) fn note(&mut self, id: uuid::Uuid) -> bool {
+        if !self.set.insert(id) {
+            return true;
+        }
+        self.order.push_back(id);
+        if self.order.len() > Self::MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+impl ZkSession {
+    /// Our node for `spec` if one exists and our session owns it (after a lost answer):
+    /// found by the attempt's uuid among the children, adopted only if its
+    /// `ephemeral_owner` is this session.
+    pub(super) async fn find_own(
+        &self,
+        client: &Client,
+        spec: &NodeSpec,
+    ) -> Result<Option<(String, u64)>> {
+        let dir = self.path(&spec.queue);
+        let children = match client.list_children(&dir).await {
+            Ok(c) => c,
+            Err(ZkError::NoNode) => return Ok(None),
+            Err(e) => return Err(self.fail(e)),
+        };
+        let marker = names::marker(spec);
+        for name in children.into_iter().filter(|c| c.starts_with(&marker)) {
+            let path = format!("{dir}/{name}");
+            match client.check_stat(&path).await {
+                Ok(Some(stat)) if stat.ephemeral_owner == self.id => {
+                    return Ok(Some((format!("{}/{name}", spec.queue), stat.czxid as u64)))
+                }
+                Ok(Some(stat)) => tracing::warn!(
+                    node = %path,
+                    owner = format_args!("{:x}", stat.ephemeral_owner),
+                    "a node carries our attempt's id but another session owns it: not adopted"
+                ),
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Our node `key` (with `token`) plus a fresh listing of its queue, after `find_own`.
+    async fn adopt(
+        &self,
+        client: &Client,
+        queue: &str,
+        key: String,
+        token: u64,
+    ) -> Result<Created> {
+        let (children, stat) = client
+            .get_children(&self.path(queue))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let created = self
+            .listing(queue, &children, stat.pzxid, Some((&key, token)))
+            .created(&key)?;
+        self.own(&created.node.key, created.node.token);
+        Ok(created)
+    }
+
+    pub(super) async fn create_inner(&self, client: &Client, spec: &NodeSpec) -> Result<Created> {
+        let dir = self.path(&spec.queue);
+        let retry = self
+            .attempted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(spec.id);
+        if retry {
+            if let Some((key, token)) = self.find_own(client, spec).await? {
+                return self.adopt(client, &spec.queue, key, token).await;
+            }
+        }
+        let prefix = format!("{dir}/{}", names::prefix(spec));
+        let opts = CreateMode::EphemeralSequential.with_acls(self.inner.acls());
+        for _ in 0..MAX_RACES {
+            // Both requests are sent now, in this order (zookeeper-client sends when the
+            // method is called, not when the future is polled), and awaited together:
+            // one round trip, and the children read sees our node.
+            let create = client.create(&prefix, &spec.payload, &opts);
+            let children = client.get_children(&dir);
+            let (created, children) = tokio::join!(create, children);
+            match created {
+                Ok((stat, seq)) => {
+                    let key = format!("{}/{}{seq}", spec.queue, names::prefix(spec));
+                    let token = stat.czxid as u64;
+                    self.own(&key, token);
+                    let (children, parent) = children.map_err(|e| self.fail(e))?;
+                    return self
+                        .listing(&spec.queue, &children, parent.pzxid, Some((&key, token)))
+                        .created(&key);
+                }
+                Err(ZkError::NoNode) => {
+                    // Parent missing (or reaped as an empty container between our mkdir
+                    // and the create): create it, try again.
+                    self.mkdirs(client, &dir).await?;
+                }
+                Err(ZkError::ConnectionLoss) => {
+                    // The create may or may not have happened: look for it by its uuid.
+                    if let Some((key, token)) = self.find_own(client, spec).await? {
+                        return self.adopt(client, &spec.queue, key, token).await;
+                    }
+                    return Err(Error::connection("ZooKeeper connection lost during create"));
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            message: format!("parent {dir} keeps disappearing"),
+            source: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Attempts;
+
+    #[test]
+    fn attempts_are_bounded_and_remember_recent_ids() {
+        let mut a = Attempts::default();
+        let first = uuid::Uuid::new_v4();
+        assert!(!a.note(first));
+        assert!(a.note(first), "a retry is recognised");
+        for _ in 0..Attempts::MAX {
+            a.note(uuid::Uuid::new_v4());
+        }
+        assert_eq!(a.set.len(), Attempts::MAX);
+        assert_eq!(a.order.len(), Attempts::MAX);
+        assert!(!a.note(first), "the oldest id is forgotten");
+    }
+}

@@ -1,0 +1,51 @@
+//! [`ClientOptions`]: how a client behaves, whether it was built from a [`crate::Config`]
+//! or by hand.
+
+use std::time::Duration;
+
+use queuelock_core::SessionOptions;
+
+use crate::queue::LossPolicy;
+
+/// How a [`crate::Client`] behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// Session TTL (etcd lease TTL, ZooKeeper session timeout). Default 15 s: a crashed
+    /// holder's locks pass on within this time.
+    pub ttl: Duration,
+    /// When a held lock counts as lost. Default [`LossPolicy::OnSessionLoss`].
+    pub loss_policy: LossPolicy,
+    /// A label stored with every node this client creates (shown in holder metadata).
+    pub label: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            ttl: SessionOptions::default().ttl,
+            loss_policy: LossPolicy::default(),
+            label: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Sets the session TTL.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the loss policy.
+    pub fn with_loss_policy(mut self, policy: LossPolicy) -> Self {
+        self.loss_policy = policy;
+        self
+    }
+
+    /// Sets the label stored with this client's nodes.
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+}

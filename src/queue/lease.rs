@@ -1,0 +1,244 @@
+//! A held node ([`Lease`]) and when it counts as lost ([`LossPolicy`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use queuelock_core::{Error, LossReason, Node, Result, Session, SessionState};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{remove_node, settle, spawn_removal};
+
+/// When a held lock counts as lost.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[non_exhaustive]
+pub enum LossPolicy {
+    /// Only when the session is known lost (expired, revoked, closed) or the node was
+    /// deleted. A brief disconnection keeps the lock. On etcd the client computes expiry
+    /// conservatively (send time of the last acknowledged keep-alive + TTL), so it never
+    /// believes it holds a lock the server has already given away.
+    #[default]
+    #[serde(rename = "session")]
+    OnSessionLoss,
+    /// Also as soon as the session is suspended (connection trouble), like Curator's
+    /// standard error policy: safer for work that must stop at the first doubt, at the
+    /// price of losing locks on brief network blips.
+    #[serde(rename = "suspension")]
+    OnSuspension,
+}
+
+impl std::str::FromStr for LossPolicy {
+    type Err = Error;
+
+    /// `session` ([`LossPolicy::OnSessionLoss`]) or `suspension`
+    /// ([`LossPolicy::OnSuspension`]), as in URLs and `QUEUELOCK_LOSS_POLICY`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "session" => Ok(LossPolicy::OnSessionLoss),
+            "suspension" => Ok(LossPolicy::OnSuspension),
+            _ => Err(Error::Config(format!(
+                "loss policy {s:?}: expected \"session\" or \"suspension\""
+            ))),
+        }
+    }
+}
+
+/// Whether a session state counts as losing the lock under `policy`.
+fn classify(state: SessionState, policy: LossPolicy) -> Option<LossReason> {
+    match (state, policy) {
+        (SessionState::Lost, _) => Some(LossReason::SessionLost),
+        (SessionState::Suspended, LossPolicy::OnSuspension) => Some(LossReason::SessionSuspended),
+        _ => None,
+    }
+}
+
+/// A granted node: the lock (or permit, or leadership) is held while it exists and its
+/// session is not lost. Watches for loss in the background from the moment of the grant.
+pub(crate) struct Lease {
+    session: Arc<dyn Session>,
+    node: Node,
+    policy: LossPolicy,
+    lost: watch::Sender<Option<LossReason>>,
+    stop: CancellationToken,
+    released: AtomicBool,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.node.key)
+            .field("token", &self.node.token)
+            .field("lost", &*self.lost.borrow())
+            .finish()
+    }
+}
+
+impl Lease {
+    pub(super) fn grant(
+        session: Arc<dyn Session>,
+        node: Node,
+        since: u64,
+        policy: LossPolicy,
+    ) -> Arc<Self> {
+        let (lost, _) = watch::channel(None);
+        let lease = Arc::new(Lease {
+            session: session.clone(),
+            node: node.clone(),
+            policy,
+            lost: lost.clone(),
+            stop: CancellationToken::new(),
+            released: AtomicBool::new(false),
+        });
+        tokio::spawn(monitor(
+            session,
+            node.key,
+            since,
+            lost,
+            lease.stop.clone(),
+            policy,
+        ));
+        lease
+    }
+
+    /// The held node.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The session that owns the node.
+    pub(crate) fn session(&self) -> &Arc<dyn Session> {
+        &self.session
+    }
+
+    /// Why the lease is lost, if it is. Checks the session's state right now too, so the
+    /// answer is never behind the session (latched: once lost, always lost).
+    pub(crate) fn loss(&self) -> Option<LossReason> {
+        if let Some(r) = *self.lost.borrow() {
+            return Some(r);
+        }
+        let expired = self
+            .session
+            .valid_until()
+            .is_some_and(|t| std::time::Instant::now() >= t);
+        let r = if expired {
+            LossReason::SessionLost
+        } else {
+            classify(*self.session.state().borrow(), self.policy)?
+        };
+        latch(&self.lost, r);
+        Some(r)
+    }
+
+    /// Resolves when the lease is lost.
+    ///
+    /// Cancel safety: safe.
+    pub(crate) async fn lost(&self) -> LossReason {
+        let mut rx = self.lost.subscribe();
+        let mut state = self.session.state();
+        loop {
+            if let Some(r) = self.loss() {
+                return r;
+            }
+            tokio::select! {
+                _ = rx.changed() => {}
+                r = state.changed() => if r.is_err() { return LossReason::SessionLost },
+            }
+        }
+    }
+
+    /// Deletes the node (once) and reports whether the lease was still held.
+    ///
+    /// Cancel safety: safe; the deletion runs in its own task and finishes if this future
+    /// is dropped.
+    pub(crate) async fn release(&self) -> Result<()> {
+        if self.released.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.stop.cancel();
+        let loss = self.loss();
+        let task = tokio::spawn(remove_node(
+            self.session.clone(),
+            None,
+            Some(self.node.clone()),
+        ));
+        let removed = task
+            .await
+            .unwrap_or_else(|e| Err(Error::connection(format!("release task failed: {e}"))));
+        match loss {
+            Some(r) => Err(Error::LockLost(r)),
+            None => removed,
+        }
+    }
+
+    /// Deletes the node in the background (once).
+    pub(crate) fn release_in_background(&self) {
+        if !self.released.swap(true, Ordering::SeqCst) {
+            self.stop.cancel();
+            spawn_removal(self.session.clone(), None, Some(self.node.clone()));
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release_in_background();
+    }
+}
+
+fn latch(tx: &watch::Sender<Option<LossReason>>, reason: LossReason) {
+    tx.send_if_modified(|v| {
+        if v.is_none() {
+            *v = Some(reason);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Watches a held node until it is released or lost.
+async fn monitor(
+    session: Arc<dyn Session>,
+    key: String,
+    since: u64,
+    tx: watch::Sender<Option<LossReason>>,
+    stop: CancellationToken,
+    policy: LossPolicy,
+) {
+    let mut state = session.state();
+    loop {
+        let watch_broken = tokio::select! {
+            _ = stop.cancelled() => return,
+            s = state.wait_for(|s| classify(*s, policy).is_some()) => {
+                let reason = s.ok().and_then(|s| classify(*s, policy)).unwrap_or(LossReason::SessionLost);
+                latch(&tx, reason);
+                return;
+            }
+            r = session.deleted_lazily(&key, since) => r.is_err(),
+        };
+        if watch_broken {
+            // The state branch reports a lost session; otherwise watch again once the
+            // connection is back.
+            let _ = settle(&*session, Duration::from_millis(50)).await;
+            continue;
+        }
+        // Our node went: because our session did (ask the server), or someone deleted it.
+        let state = match session.probe().await {
+            Ok(s) => s,
+            Err(_) => *session.state().borrow(),
+        };
+        let reason = if state == SessionState::Lost {
+            LossReason::SessionLost
+        } else {
+            LossReason::NodeDeleted
+        };
+        if !stop.is_cancelled() {
+            tracing::warn!(key = %key, %reason, "lock lost");
+            latch(&tx, reason);
+        }
+        return;
+    }
+}
