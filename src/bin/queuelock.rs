@@ -465,13 +465,14 @@ async fn read_status(
     })
 }
 
-/// When `status --watch` first saw each holder hold (ms since the epoch). Nothing on the
-/// lock path records a grant time (that would be one more write per grant), so a hold
-/// is timed from the frame that first showed it; holders already there in the first
-/// frame are timed from when they queued, an upper bound.
+/// Since when each holder holds (ms since the epoch), and whether that is only an
+/// upper bound of its hold. Nothing on the lock path records a grant time (that would
+/// be one more write per grant), so a hold is timed from the frame that first showed it
+/// (late by at most one --interval); holders already there in the first frame are timed
+/// from when they queued, an upper bound.
 #[derive(Default)]
 struct HoldSeen {
-    since: HashMap<String, u64>,
+    since: HashMap<String, (u64, bool)>,
     frames: u64,
 }
 
@@ -494,17 +495,20 @@ fn render(name: &str, view: &StatusView, json: bool, seen: &mut HoldSeen) -> Str
     let held: Vec<Option<(u64, bool)>> = view
         .holders
         .iter()
-        .map(|e| match seen.since.get(&e.key) {
-            Some(&t) => Some((now.saturating_sub(t), false)),
-            None if seen.frames == 0 => queued(e).map(|q| (now.saturating_sub(q), true)),
-            None => Some((0, false)),
+        .map(|e| {
+            let since = match seen.since.get(&e.key) {
+                Some(&s) => Some(s),
+                None if seen.frames == 0 => queued(e).map(|q| (q, true)),
+                None => Some((now, false)),
+            };
+            if let Some(s) = since {
+                seen.since.insert(e.key.clone(), s);
+            }
+            since.map(|(t, bound)| (now.saturating_sub(t), bound))
         })
         .collect();
     seen.since
         .retain(|k, _| view.holders.iter().any(|e| &e.key == k));
-    for e in &view.holders {
-        seen.since.entry(e.key.clone()).or_insert(now);
-    }
     seen.frames += 1;
     let waiting = |e: &QueueEntry| queued(e).map(|q| now.saturating_sub(q));
     if json {
