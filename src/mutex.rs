@@ -139,6 +139,8 @@ impl Mutex {
 
     /// `lock`, giving up at `deadline`: the queue applies it, so a timeout is recorded as
     /// one (not as a cancelled acquire).
+    ///
+    /// Cancel safety: safe, as `lock`.
     async fn lock_until(&self, deadline: Option<Deadline>) -> Result<MutexGuard> {
         if let Some(g) = self.inner.reenter()? {
             return Ok(g);

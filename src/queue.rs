@@ -253,6 +253,8 @@ pub(crate) async fn try_acquire(ctx: &Context, req: Request<'_>) -> Result<Optio
 
 /// Runs one acquire inside its `queuelock.acquire` span and records how it ended
 /// (granted, busy, timeout, error; cancelled if dropped).
+///
+/// Cancel safety: safe, as [`acquire`]; a dropped call is recorded as cancelled.
 async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
     let labels = ctx.telemetry.labels(req.name, req.kind);
     let span = tracing::info_span!(
@@ -289,6 +291,8 @@ async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
 
 /// Joins the queue until answered, riding out connection trouble and joining again when
 /// our place is lost before the grant.
+///
+/// Cancel safety: safe, as [`acquire`].
 async fn join<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Result<M::Output> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(20);

@@ -144,6 +144,8 @@ impl Semaphore {
 
     /// `acquire`, giving up at `deadline` (applied by the queue, so recorded as a
     /// timeout).
+    ///
+    /// Cancel safety: safe, as `acquire`.
     async fn acquire_until(&self, deadline: Option<Deadline>) -> Result<Guard> {
         Deadline::run(deadline, self.check_permits()).await?;
         let request = Request {
