@@ -268,7 +268,10 @@ async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
         token = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let mut record = AcquireRecord::start(labels.clone(), M::WAITS);
+    // A timed acquire is timed from its caller's call (the deadline's origin), so its
+    // wait is never recorded shorter than the timeout it hit.
+    let called = req.deadline.map_or_else(Instant::now, |d| d.at - d.after);
+    let mut record = AcquireRecord::start(labels.clone(), M::WAITS, called);
     let r = Deadline::run(req.deadline, join::<M>(ctx, req, &labels))
         .instrument(span.clone())
         .await;

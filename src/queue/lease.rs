@@ -252,19 +252,18 @@ struct Latch {
 
 impl Latch {
     fn set(&self, reason: LossReason) {
-        let first = self.tx.send_if_modified(|v| {
-            if v.is_none() {
-                *v = Some(reason);
-                true
-            } else {
-                false
+        self.tx.send_if_modified(|v| {
+            if v.is_some() {
+                return false;
             }
-        });
-        if first {
+            *v = Some(reason);
+            // Recorded before anyone waiting on the loss is woken, so whoever sees the
+            // loss also sees it counted.
             if let Some(hold) = &self.hold {
                 hold.end(Some(reason));
             }
-        }
+            true
+        });
     }
 }
 

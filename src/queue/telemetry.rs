@@ -273,14 +273,15 @@ pub(crate) struct AcquireRecord {
 }
 
 impl AcquireRecord {
-    /// Starts timing an acquire; `waits`: it may wait (counted in the gauge).
-    pub(crate) fn start(labels: Labels, waits: bool) -> Self {
+    /// Starts timing an acquire called at `called`; `waits`: it may wait (counted in
+    /// the gauge).
+    pub(crate) fn start(labels: Labels, waits: bool, called: Instant) -> Self {
         if waits {
             metrics::gauge!(WAITING, labels.base()).increment(1.0);
         }
         AcquireRecord {
             labels,
-            started: Instant::now(),
+            started: called,
             waiting: waits,
             done: false,
         }
