@@ -34,7 +34,10 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-/// Counters of what this client's acquires did (for tests and monitoring).
+/// Counters of what this client's acquires did (for tests and monitoring): a view of
+/// the counts behind the `queuelock_grants_total`, `queuelock_wakeups_total`,
+/// `queuelock_acquire_timeouts_total` and `queuelock_losses_total` metrics, fed by the
+/// same calls (see the README's Observability section).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientStats {
@@ -43,6 +46,10 @@ pub struct ClientStats {
     /// Times a waiter was woken to look at the queue again. With no herd effect, each
     /// waiter is woken once per node it waited behind.
     pub wakeups: u64,
+    /// Acquires that gave up at their timeout.
+    pub timeouts: u64,
+    /// Held locks lost (session lost or suspended under the policy, node deleted).
+    pub losses: u64,
 }
 
 struct Inner {
@@ -72,6 +79,8 @@ impl Client {
             options.loss_policy,
             options.label.clone(),
             options.ttl,
+            backend.name(),
+            options.name_label,
         ));
         Client {
             inner: Arc::new(Inner {
@@ -95,6 +104,8 @@ impl Client {
         ClientStats {
             grants: counters.grants.load(Relaxed),
             wakeups: counters.wakeups.load(Relaxed),
+            timeouts: counters.timeouts.load(Relaxed),
+            losses: counters.losses.load(Relaxed),
         }
     }
 

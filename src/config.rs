@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::options::ClientOptions;
-use crate::queue::LossPolicy;
+use crate::queue::{LossPolicy, NameLabel};
 
 /// A secret (password, digest credentials): kept out of `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +131,9 @@ pub struct Config {
     /// Label stored with this client's nodes.
     #[serde(default)]
     pub label: Option<String>,
+    /// How much of the lock name metrics carry as their `lock` label.
+    #[serde(default)]
+    pub name_label: NameLabel,
 }
 
 fn default_ttl() -> Duration {
@@ -165,6 +168,7 @@ impl Default for Config {
             connect_timeout: default_connect_timeout(),
             loss_policy: LossPolicy::default(),
             label: None,
+            name_label: NameLabel::None,
         }
     }
 }
@@ -178,6 +182,14 @@ fn loss_policy(key: &str, value: &str) -> Result<LossPolicy> {
     value.parse().map_err(|_| {
         config_err(format!(
             "{key}={value:?}: expected \"session\" or \"suspension\""
+        ))
+    })
+}
+
+fn name_label(key: &str, value: &str) -> Result<NameLabel> {
+    value.parse().map_err(|_| {
+        config_err(format!(
+            "{key}={value:?}: expected \"none\", \"full\" or a positive number of segments"
         ))
     })
 }
@@ -225,7 +237,8 @@ impl Config {
     /// | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
     ///
     /// Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
-    /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`, `user`,
+    /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`,
+    /// `name_label` (`none`, `full` or N: the metrics' `lock` label), `user`,
     /// `password` (etcd, both or neither), `digest` (ZooKeeper `user:password`), `ca`,
     /// `cert`, `key` (TLS file paths). Credentials may also be given as URL user-info
     /// (`etcd://user:pass@host`). Anything unknown or malformed is an [`Error::Config`]
@@ -283,6 +296,7 @@ impl Config {
                 "connect_timeout" => cfg.connect_timeout = duration(&key, &value)?,
                 "loss_policy" => cfg.loss_policy = loss_policy("option loss_policy", &value)?,
                 "label" => cfg.label = Some(value.into_owned()),
+                "name_label" => cfg.name_label = name_label("option name_label", &value)?,
                 "user" => user = Some(value.into_owned()),
                 "password" => password = Some(Secret::new(value.into_owned())),
                 "digest" => digest = Some(Secret::new(value.into_owned())),
@@ -393,6 +407,9 @@ impl Config {
         if let Some(v) = get("QUEUELOCK_LABEL")? {
             cfg.label = Some(v);
         }
+        if let Some(v) = get("QUEUELOCK_NAME_LABEL")? {
+            cfg.name_label = name_label("QUEUELOCK_NAME_LABEL", &v)?;
+        }
         Ok(cfg)
     }
 
@@ -418,7 +435,7 @@ impl Config {
             .with_ttl(self.ttl)
             .with_loss_policy(self.loss_policy);
         o.label = self.label.clone();
-        o
+        o.with_name_label(self.name_label)
     }
 }
 
@@ -457,6 +474,22 @@ mod tests {
         match Config::from_url(url) {
             Err(Error::Config(m)) => m,
             other => panic!("{url} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn name_label_option() {
+        assert_eq!(
+            Config::from_url("memory://").expect("url").name_label,
+            NameLabel::None
+        );
+        let full = Config::from_url("memory://?name_label=full").expect("url");
+        assert_eq!(full.client_options().name_label, NameLabel::Full);
+        let two = Config::from_url("memory://?name_label=2").expect("url");
+        assert_eq!(two.name_label, NameLabel::Segments(2));
+        for bad in ["0", "-1", "some"] {
+            let m = err(&format!("memory://?name_label={bad}"));
+            assert!(m.contains("name_label") && m.contains(bad), "{m}");
         }
     }
 

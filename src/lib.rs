@@ -87,7 +87,7 @@ pub use guard::Guard;
 pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
 pub use options::ClientOptions;
-pub use queue::LossPolicy;
+pub use queue::{describe_metrics, LossPolicy, NameLabel};
 pub use queuelock_core::{Error, LockName, LossReason, NameError, Result, SessionId, SessionState};
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;

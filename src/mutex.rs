@@ -4,11 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, NodeKind, Result};
+use queuelock_core::{LockName, NodeKind, Result};
 
 use crate::guard::{Guard, HoldCount};
 use crate::metadata::QueueEntry;
-use crate::queue::{self, predecessor, Context, Request};
+use crate::queue::{self, predecessor, Context, Deadline, Request};
 
 /// A fair distributed mutex.
 ///
@@ -119,32 +119,42 @@ impl Mutex {
     ///
     /// If the session is lost while waiting (nothing held yet), it joins the queue again
     /// on a fresh session, at the back. Connection trouble is retried for twice the TTL
-    /// (at least 10 s) before failing with [`Error::Connection`]. Fails with
-    /// [`Error::LockLost`] when this handle already holds the lock but has lost it:
+    /// (at least 10 s) before failing with [`Error::Connection`](crate::Error::Connection). Fails with
+    /// [`Error::LockLost`](crate::Error::LockLost) when this handle already holds the lock but has lost it:
     /// release those guards first.
     ///
     /// Cancel safety: safe. Dropping the future (for example through
     /// `tokio::time::timeout`) removes our place in the queue in the background; no node
     /// is left behind and no lock is held.
     pub async fn lock(&self) -> Result<MutexGuard> {
-        if let Some(g) = self.inner.reenter()? {
-            return Ok(g);
-        }
-        let _one = self.inner.acquiring.lock().await;
-        if let Some(g) = self.inner.reenter()? {
-            return Ok(g);
-        }
-        let lease = queue::acquire(&self.inner.ctx, self.inner.request()).await?;
-        Ok(self.inner.holds.install(&self.inner.label, lease))
+        self.lock_until(None).await
     }
 
-    /// Like [`Mutex::lock`], but fails with [`Error::Timeout`] after `timeout`.
+    /// Like [`Mutex::lock`], but fails with [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
     ///
     /// Cancel safety: safe, as `lock`.
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard> {
-        tokio::time::timeout(timeout, self.lock())
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        self.lock_until(Some(Deadline::after(timeout))).await
+    }
+
+    /// `lock`, giving up at `deadline`: the queue applies it, so a timeout is recorded as
+    /// one (not as a cancelled acquire).
+    ///
+    /// Cancel safety: safe, as `lock`.
+    async fn lock_until(&self, deadline: Option<Deadline>) -> Result<MutexGuard> {
+        if let Some(g) = self.inner.reenter()? {
+            return Ok(g);
+        }
+        let _one = Deadline::run(deadline, async { Ok(self.inner.acquiring.lock().await) }).await?;
+        if let Some(g) = self.inner.reenter()? {
+            return Ok(g);
+        }
+        let request = Request {
+            deadline,
+            ..self.inner.request()
+        };
+        let lease = queue::acquire(&self.inner.ctx, request).await?;
+        Ok(self.inner.holds.install(&self.inner.label, lease))
     }
 
     /// Takes the lock if nobody is ahead of us, without waiting: `Ok(None)` when it is

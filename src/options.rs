@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use queuelock_core::SessionOptions;
 
-use crate::queue::LossPolicy;
+use crate::queue::{LossPolicy, NameLabel};
 
 /// How a [`crate::Client`] behaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct ClientOptions {
     pub loss_policy: LossPolicy,
     /// A label stored with every node this client creates (shown in holder metadata).
     pub label: Option<String>,
+    /// Whether metrics carry the lock name as a `lock` label. Default
+    /// [`NameLabel::None`]: every distinct name would be a time series.
+    pub name_label: NameLabel,
 }
 
 impl Default for ClientOptions {
@@ -26,6 +29,7 @@ impl Default for ClientOptions {
             ttl: SessionOptions::default().ttl,
             loss_policy: LossPolicy::default(),
             label: None,
+            name_label: NameLabel::None,
         }
     }
 }
@@ -40,6 +44,12 @@ impl ClientOptions {
     /// Sets the loss policy.
     pub fn with_loss_policy(mut self, policy: LossPolicy) -> Self {
         self.loss_policy = policy;
+        self
+    }
+
+    /// Sets how much of the lock name metrics carry as their `lock` label.
+    pub fn with_name_label(mut self, name_label: NameLabel) -> Self {
+        self.name_label = name_label;
         self
     }
 

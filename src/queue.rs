@@ -22,17 +22,18 @@
 mod lease;
 mod rules;
 mod slot;
+mod telemetry;
 #[cfg(test)]
 mod tests;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use queuelock_core::{Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::metadata::{HolderInfo, QueueEntry};
 
@@ -41,6 +42,8 @@ pub use lease::LossPolicy;
 use rules::admits;
 pub(crate) use rules::{by_kind, everyone_holds, predecessor, shared_or_exclusive, WaitRule};
 pub(crate) use slot::SessionSlot;
+pub use telemetry::{describe_metrics, NameLabel};
+use telemetry::{AcquireRecord, HoldRecord, Labels, Outcome, Telemetry};
 
 /// Where the queue gets the session it creates nodes through: a live one, opened on
 /// demand (a `Client`'s shared session; in tests, any session).
@@ -52,20 +55,7 @@ pub(crate) trait SessionSource: Send + Sync {
     async fn session(&self) -> Result<Arc<dyn Session>>;
 }
 
-/// Counters of what acquires did (the `Client`'s stats).
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    /// Grants obtained.
-    pub(crate) grants: AtomicU64,
-    /// Times a waiter was woken to look at the queue again.
-    pub(crate) wakeups: AtomicU64,
-}
-
-impl Counters {
-    fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub(crate) use telemetry::Counters;
 
 /// What the queue needs from its surroundings.
 pub(crate) struct Context {
@@ -74,7 +64,7 @@ pub(crate) struct Context {
     label: Option<String>,
     /// How long a waiting acquire rides out connection trouble before failing.
     patience: Duration,
-    counters: Counters,
+    telemetry: Arc<Telemetry>,
 }
 
 impl std::fmt::Debug for Context {
@@ -88,12 +78,15 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// A context over `sessions` whose session TTL is `ttl`.
+    /// A context over `sessions` whose session TTL is `ttl`, on the backend named
+    /// `backend` (a metrics label), labelling metrics with lock names as `names` says.
     pub(crate) fn new(
         sessions: Arc<dyn SessionSource>,
         policy: LossPolicy,
         label: Option<String>,
         ttl: Duration,
+        backend: &'static str,
+        names: NameLabel,
     ) -> Self {
         Context {
             sessions,
@@ -101,7 +94,7 @@ impl Context {
             label,
             // A new session cannot be opened during a partition: wait that long at least.
             patience: (ttl * 2).max(Duration::from_secs(10)),
-            counters: Counters::default(),
+            telemetry: Arc::new(Telemetry::new(backend, names)),
         }
     }
 
@@ -113,7 +106,7 @@ impl Context {
     }
 
     pub(crate) fn counters(&self) -> &Counters {
-        &self.counters
+        &self.telemetry.counters
     }
 
     fn payload(&self) -> Vec<u8> {
@@ -124,12 +117,49 @@ impl Context {
 /// What a recipe asks the queue for.
 pub(crate) struct Request<'a> {
     pub queue: &'a str,
+    /// The recipe's name for the lock (metrics and spans); `queue` unless the recipe
+    /// keeps its queue under the name (the semaphore's `NAME/waiters`).
+    pub name: &'a str,
     pub kind: NodeKind,
     pub rule: WaitRule,
     /// The node's payload; `None` for holder metadata.
     pub payload: Option<Vec<u8>>,
     /// `Some`: `queue` is a waiting line and the hold is a node in another directory.
     pub admission: Option<Admission<'a>>,
+    /// `Some`: give up then, with [`Error::Timeout`] (recorded as a timeout).
+    pub deadline: Option<Deadline>,
+}
+
+/// When a waiting acquire gives up.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    at: Instant,
+    after: Duration,
+}
+
+impl Deadline {
+    /// `timeout` from now.
+    pub(crate) fn after(timeout: Duration) -> Self {
+        Deadline {
+            at: Instant::now() + timeout,
+            after: timeout,
+        }
+    }
+
+    /// Runs `fut` until the deadline: [`Error::Timeout`] naming the original timeout then.
+    ///
+    /// Cancel safety: as `fut`'s.
+    pub(crate) async fn run<T>(
+        deadline: Option<Deadline>,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match deadline {
+            None => fut.await,
+            Some(d) => tokio::time::timeout_at(d.at, fut)
+                .await
+                .map_err(|_| Error::Timeout(d.after))?,
+        }
+    }
 }
 
 impl<'a> Request<'a> {
@@ -137,10 +167,12 @@ impl<'a> Request<'a> {
     pub(crate) fn new(queue: &'a str, kind: NodeKind, rule: WaitRule) -> Self {
         Request {
             queue,
+            name: queue,
             kind,
             rule,
             payload: None,
             admission: None,
+            deadline: None,
         }
     }
 }
@@ -163,6 +195,8 @@ pub(crate) trait Mode {
     fn granted(lease: Arc<Lease>) -> Self::Output;
     /// The answer when the acquire would have to wait; `None`: it waits.
     fn busy() -> Option<Self::Output>;
+    /// The held lease an answer carries, if any.
+    fn lease(out: &Self::Output) -> Option<&Arc<Lease>>;
 }
 
 /// Wait in the queue until granted (joining again on a fresh session if ours is lost
@@ -178,6 +212,9 @@ impl Mode for Wait {
     fn busy() -> Option<Arc<Lease>> {
         None
     }
+    fn lease(out: &Arc<Lease>) -> Option<&Arc<Lease>> {
+        Some(out)
+    }
 }
 
 /// Never wait: if the rule names a node to wait for, remove ours and answer `None`.
@@ -191,6 +228,9 @@ impl Mode for Try {
     }
     fn busy() -> Option<Option<Arc<Lease>>> {
         Some(None)
+    }
+    fn lease(out: &Option<Arc<Lease>>) -> Option<&Arc<Lease>> {
+        out.as_ref()
     }
 }
 
@@ -211,20 +251,60 @@ pub(crate) async fn try_acquire(ctx: &Context, req: Request<'_>) -> Result<Optio
     run::<Try>(ctx, &req).await
 }
 
-/// [`acquire`] and [`try_acquire`]: attempts until one answers, joining again (waiting
-/// mode) when our place is lost or the store is out of reach for a while.
+/// Runs one acquire inside its `queuelock.acquire` span and records how it ended
+/// (granted, busy, timeout, error; cancelled if dropped).
+///
+/// Cancel safety: safe, as [`acquire`]; a dropped call is recorded as cancelled.
+async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
+    let labels = ctx.telemetry.labels(req.name, req.kind);
+    let span = tracing::info_span!(
+        "queuelock.acquire",
+        lock = req.name,
+        recipe = labels.recipe,
+        backend = ctx.telemetry.backend(),
+        waits = M::WAITS,
+        position = tracing::field::Empty,
+        waited_ms = tracing::field::Empty,
+        token = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    // A timed acquire is timed from its caller's call (the deadline's origin), so its
+    // wait is never recorded shorter than the timeout it hit.
+    let called = req.deadline.map_or_else(Instant::now, |d| d.at - d.after);
+    let mut record = AcquireRecord::start(labels.clone(), M::WAITS, called);
+    let r = Deadline::run(req.deadline, join::<M>(ctx, req, &labels))
+        .instrument(span.clone())
+        .await;
+    let outcome = match &r {
+        Ok(out) => match M::lease(out) {
+            Some(lease) => {
+                span.record("token", lease.node().token);
+                Outcome::Granted
+            }
+            None => Outcome::Busy,
+        },
+        Err(Error::Timeout(_)) => Outcome::Timeout,
+        Err(_) => Outcome::Error,
+    };
+    span.record("waited_ms", record.waited().as_millis() as u64);
+    span.record("outcome", outcome.as_str());
+    record.finish(outcome);
+    r
+}
+
+/// Joins the queue until answered, riding out connection trouble and joining again when
+/// our place is lost before the grant.
 ///
 /// Cancel safety: safe, as [`acquire`].
-#[tracing::instrument(level = "debug", skip_all, fields(lock = req.queue, kind = ?req.kind, waits = M::WAITS))]
-async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
+async fn join<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Result<M::Output> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(20);
     let mut trouble_since: Option<Instant> = None;
     loop {
-        match attempt::<M>(ctx, req).await {
+        match attempt::<M>(ctx, req, labels).await {
             Ok(out) => {
                 tracing::debug!(
-                    lock = req.queue,
+                    lock = req.name,
                     waited_ms = started.elapsed().as_millis() as u64,
                     "answered"
                 );
@@ -252,7 +332,7 @@ async fn run<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
 /// admission) wait for a free place among the holders.
 ///
 /// Cancel safety: safe; our node (created or maybe created) is removed if dropped.
-async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output> {
+async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Result<M::Output> {
     let session = ctx.session().await?;
     let payload = req.payload.clone().unwrap_or_else(|| ctx.payload());
     let mut pending = Pending::new(session.clone(), NodeSpec::new(req.queue, req.kind, payload));
@@ -260,6 +340,10 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output>
     let me = created.node;
     pending.node = Some(me.clone());
     let mut listing = created.listing;
+    if let Some(ahead) = listing.position(&me.key) {
+        labels.queue_depth(ahead);
+        tracing::Span::current().record("position", ahead);
+    }
     let turn = loop {
         let Some(idx) = listing.position(&me.key) else {
             return Err(vanished(&*session));
@@ -271,9 +355,11 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output>
                 return Err(Error::SessionExpired(session.id()));
             }
             pending.disarm();
-            Counters::count(&ctx.counters.grants);
             tracing::debug!(lock = req.queue, token = me.token, "granted");
-            break Lease::grant(session.clone(), me, listing.revision, ctx.policy);
+            // With an admission this is only a turn in the waiting line: the hold is the
+            // holder node entered next.
+            let hold = req.admission.is_none().then(|| hold_record(labels));
+            break Lease::grant(session.clone(), me, listing.revision, ctx.policy, hold);
         };
         if let Some(out) = M::busy() {
             pending.remove().await;
@@ -282,13 +368,26 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>) -> Result<M::Output>
         let blocker = listing.nodes[blocker].key.clone();
         tracing::trace!(lock = req.queue, waiting_for = %blocker, "queued");
         wait_turn(&*session, &blocker, &me.key, listing.revision).await?;
-        Counters::count(&ctx.counters.wakeups);
+        labels.wakeup();
         listing = retry(&*session, || session.list(req.queue)).await?;
     };
     match &req.admission {
         None => Ok(M::granted(turn)),
-        Some(admission) => admit::<M>(ctx, turn, req.kind, admission).await,
+        Some(admission) => admit::<M>(ctx, turn, req.kind, admission, labels).await,
     }
+}
+
+/// The record of a hold starting now, with its `queuelock.hold` span (a child of the
+/// acquire's span, open until release or loss).
+fn hold_record(labels: &Labels) -> HoldRecord {
+    let span = tracing::info_span!(
+        "queuelock.hold",
+        lock = &*labels.name,
+        recipe = labels.recipe,
+        held_ms = tracing::field::Empty,
+        lost = tracing::field::Empty,
+    );
+    HoldRecord::start(labels.clone(), span)
 }
 
 /// The head of a waiting line (`turn`) enters the holders directory as soon as the
@@ -302,12 +401,13 @@ async fn admit<M: Mode>(
     turn: Arc<Lease>,
     kind: NodeKind,
     admission: &Admission<'_>,
+    labels: &Labels,
 ) -> Result<M::Output> {
     let session = turn.session().clone();
     loop {
         let holders = retry(&*session, || session.list(admission.holders)).await?;
         if admits(holders.nodes.len(), admission.permits) {
-            let held = enter(ctx, session.clone(), admission.holders, kind).await?;
+            let held = enter(ctx, session.clone(), admission.holders, kind, labels).await?;
             // Our holder node exists before our waiter node goes, so the next head
             // counts us.
             turn.release().await?;
@@ -319,7 +419,7 @@ async fn admit<M: Mode>(
         }
         let keys: Vec<String> = holders.nodes.into_iter().map(|n| n.key).collect();
         any_deleted(&turn, &keys, holders.revision).await?;
-        Counters::count(&ctx.counters.wakeups);
+        labels.wakeup();
     }
 }
 
@@ -381,6 +481,7 @@ async fn enter(
     session: Arc<dyn Session>,
     queue: &str,
     kind: NodeKind,
+    labels: &Labels,
 ) -> Result<Arc<Lease>> {
     let mut pending = Pending::new(session.clone(), NodeSpec::new(queue, kind, ctx.payload()));
     let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
@@ -390,6 +491,7 @@ async fn enter(
         created.node,
         created.listing.revision,
         ctx.policy,
+        Some(hold_record(labels)),
     ))
 }
 

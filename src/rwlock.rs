@@ -4,11 +4,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, NodeKind, Result};
+use queuelock_core::{LockName, NodeKind, Result};
 
 use crate::guard::Guard;
 use crate::metadata::QueueEntry;
-use crate::queue::{self, by_kind, shared_or_exclusive, Context, Request};
+use crate::queue::{self, by_kind, shared_or_exclusive, Context, Deadline, Request};
 
 /// A fair distributed read-write lock.
 ///
@@ -80,8 +80,15 @@ impl RwLock {
         Request::new(self.name.as_str(), kind, shared_or_exclusive(kind))
     }
 
-    async fn wait(&self, kind: NodeKind) -> Result<Guard> {
-        let lease = queue::acquire(&self.ctx, self.request(kind)).await?;
+    /// Waits (until `deadline`, applied by the queue so a timeout is recorded as one).
+    ///
+    /// Cancel safety: safe; a dropped call leaves nothing behind.
+    async fn wait(&self, kind: NodeKind, deadline: Option<Deadline>) -> Result<Guard> {
+        let request = Request {
+            deadline,
+            ..self.request(kind)
+        };
+        let lease = queue::acquire(&self.ctx, request).await?;
         Ok(Guard::new(self.label.clone(), lease))
     }
 
@@ -94,14 +101,14 @@ impl RwLock {
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn read(&self) -> Result<Guard> {
-        self.wait(NodeKind::Read).await
+        self.wait(NodeKind::Read, None).await
     }
 
     /// Waits for exclusive (write) access.
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn write(&self) -> Result<Guard> {
-        self.wait(NodeKind::Write).await
+        self.wait(NodeKind::Write, None).await
     }
 
     /// Read access if no writer is held or queued, without waiting (`None` otherwise,
@@ -119,21 +126,19 @@ impl RwLock {
         self.take(NodeKind::Write).await
     }
 
-    /// [`RwLock::read`] that fails with [`Error::Timeout`] after `timeout`.
+    /// [`RwLock::read`] that fails with [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
     ///
     /// Cancel safety: safe.
     pub async fn read_timeout(&self, timeout: Duration) -> Result<Guard> {
-        tokio::time::timeout(timeout, self.read())
+        self.wait(NodeKind::Read, Some(Deadline::after(timeout)))
             .await
-            .map_err(|_| Error::Timeout(timeout))?
     }
 
-    /// [`RwLock::write`] that fails with [`Error::Timeout`] after `timeout`.
+    /// [`RwLock::write`] that fails with [`Error::Timeout`](crate::Error::Timeout) after `timeout`.
     ///
     /// Cancel safety: safe.
     pub async fn write_timeout(&self, timeout: Duration) -> Result<Guard> {
-        tokio::time::timeout(timeout, self.write())
+        self.wait(NodeKind::Write, Some(Deadline::after(timeout)))
             .await
-            .map_err(|_| Error::Timeout(timeout))?
     }
 }

@@ -17,7 +17,7 @@ use queuelock_core::{Error, LockName, NodeKind, Result};
 
 use crate::guard::Guard;
 use crate::metadata::QueueEntry;
-use crate::queue::{self, everyone_holds, predecessor, Admission, Context, Request};
+use crate::queue::{self, everyone_holds, predecessor, Admission, Context, Deadline, Request};
 
 /// A distributed counting semaphore with N permits and FIFO admission.
 ///
@@ -130,6 +130,7 @@ impl Semaphore {
                 holders: &self.holders,
                 permits: self.permits,
             }),
+            name: self.name.as_str(),
             ..Request::new(&self.waiters, NodeKind::Permit, predecessor)
         }
     }
@@ -138,8 +139,20 @@ impl Semaphore {
     ///
     /// Cancel safety: safe; a dropped call leaves nothing behind.
     pub async fn acquire(&self) -> Result<Guard> {
-        self.check_permits().await?;
-        let lease = queue::acquire(&self.ctx, self.request()).await?;
+        self.acquire_until(None).await
+    }
+
+    /// `acquire`, giving up at `deadline` (applied by the queue, so recorded as a
+    /// timeout).
+    ///
+    /// Cancel safety: safe, as `acquire`.
+    async fn acquire_until(&self, deadline: Option<Deadline>) -> Result<Guard> {
+        Deadline::run(deadline, self.check_permits()).await?;
+        let request = Request {
+            deadline,
+            ..self.request()
+        };
+        let lease = queue::acquire(&self.ctx, request).await?;
         Ok(Guard::new(self.label.clone(), lease))
     }
 
@@ -157,8 +170,6 @@ impl Semaphore {
     ///
     /// Cancel safety: safe.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Guard> {
-        tokio::time::timeout(timeout, self.acquire())
-            .await
-            .map_err(|_| Error::Timeout(timeout))?
+        self.acquire_until(Some(Deadline::after(timeout))).await
     }
 }

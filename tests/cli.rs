@@ -415,3 +415,241 @@ fn a_command_that_cannot_run_exits_126() {
     ]);
     assert_eq!(out.status.code(), Some(126), "{out:?}");
 }
+
+/// A free loopback port (bound and let go: the exporter binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// One HTTP GET of `/metrics` on `port`: the body, or `None` while nothing listens.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+/// Scrapes until `ok` accepts the text (liveness, not timing: 30 s).
+async fn scrape_until(port: u16, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = tokio::task::spawn_blocking(move || scrape(port))
+            .await
+            .expect("join");
+        match text {
+            Some(t) if ok(&t) => return t,
+            last => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what} never appeared on :{port}; last scrape: {last:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `run --metrics-addr` serves Prometheus text over HTTP while it waits (the waiting
+/// gauge is 1) and while the command runs (the grant and the wait histogram are there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_metrics_while_waiting_and_running() {
+    for url in urls() {
+        let name = unique("metrics");
+        let dir = temp();
+        let (held, ran) = (dir.join("held"), dir.join("ran"));
+        let mut holder = tokio::process::Command::new(BIN)
+            .args(["run", "--url", &url, &name, "--", "sh", "-c"])
+            .arg(format!("echo up >> {}; sleep 2", held.display()))
+            .spawn()
+            .expect("spawn");
+        wait_for_line(&held, "up").await;
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut waiter = tokio::process::Command::new(BIN)
+            .args(["run", "--url", &url, "--metrics-addr", &addr, &name])
+            .args(["--", "sh", "-c"])
+            .arg(format!("echo up >> {}; sleep 3", ran.display()))
+            .spawn()
+            .expect("spawn");
+        let waiting = scrape_until(port, "queuelock_waiting 1", |t| {
+            t.lines()
+                .any(|l| l.starts_with("queuelock_waiting{") && l.ends_with(" 1"))
+        })
+        .await;
+        assert!(waiting.contains("recipe=\"mutex\""), "{waiting}");
+        wait_for_line(&ran, "up").await;
+        let running = scrape_until(port, "queuelock_grants_total", |t| {
+            t.contains("queuelock_grants_total{")
+        })
+        .await;
+        assert!(
+            running.contains("queuelock_acquire_wait_seconds_bucket{")
+                && running.contains("outcome=\"granted\"")
+                && running.contains("queuelock_queue_depth_bucket{"),
+            "{running}"
+        );
+        assert!(
+            running
+                .lines()
+                .any(|l| l.starts_with("queuelock_waiting{") && l.ends_with(" 0")),
+            "{running}"
+        );
+        assert!(holder.wait().await.expect("wait").success());
+        assert!(waiter.wait().await.expect("wait").success());
+    }
+}
+
+/// `status` finds out which recipe stored what is under a name, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_names_the_recipe_it_finds() {
+    for url in urls() {
+        let c = Client::connect(&url).await.expect("connect");
+        let recipe = |name: &str| {
+            let out = run(&["status", "--url", &url, "--json", name]);
+            assert!(out.status.success(), "{out:?}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            (v["recipe"].as_str().map(str::to_owned), v)
+        };
+        let (m, rw, sem, el) = (
+            unique("st-mutex"),
+            unique("st-rwlock"),
+            unique("st-sem"),
+            unique("st-elect"),
+        );
+        let g1 = c.mutex(&m).expect("name").lock().await.expect("lock");
+        let g2 = c.rwlock(&rw).expect("name").read().await.expect("read");
+        let g3 = c
+            .semaphore(&sem, 3)
+            .expect("name")
+            .acquire()
+            .await
+            .expect("permit");
+        let g4 = c
+            .election(&el)
+            .expect("name")
+            .campaign("me")
+            .await
+            .expect("lead");
+        for (name, want, holders) in [
+            (&m, "mutex", 1),
+            (&rw, "rwlock", 1),
+            (&sem, "semaphore", 1),
+            (&el, "election", 1),
+        ] {
+            let (found, v) = recipe(name);
+            assert_eq!(found.as_deref(), Some(want), "{url}: {v}");
+            assert_eq!(v["holders"].as_array().map(Vec::len), Some(holders), "{v}");
+        }
+        assert_eq!(recipe(&sem).1["permits"], 3);
+        let text = run(&["status", "--url", &url, &sem]);
+        let text = String::from_utf8_lossy(&text.stdout);
+        assert!(text.contains("(semaphore, 3 permits): 1 holding"), "{text}");
+        let (none, v) = recipe(&unique("st-nothing"));
+        assert_eq!(none, None, "{v}");
+        g1.release().await.expect("release");
+        g2.release().await.expect("release");
+        g3.release().await.expect("release");
+        g4.resign().await.expect("resign");
+        c.close().await.ok();
+    }
+}
+
+/// A tmux pane (a real pty) shows `status --watch` redrawing: a waiter appears with its
+/// waiting time, then disappears once it has had its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_shows_a_waiter_come_and_go() {
+    for url in urls() {
+        let name = unique("watch");
+        let socket = unique("ql-tmux");
+        let tmux = |args: &[&str]| {
+            Command::new("tmux")
+                .args(["-L", &socket])
+                .args(args)
+                .env_remove("TMUX")
+                .output()
+                .expect("tmux (installed by scripts/test)")
+        };
+        let watch = format!("{BIN} status --watch --interval 200ms --url '{url}' {name}");
+        let out = tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "30",
+            "-s",
+            "w",
+            &watch,
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let pane = || {
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "w"]).stdout).into_owned()
+        };
+        let until = |what: &'static str, ok: &dyn Fn(&str) -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let p = pane();
+                if ok(&p) {
+                    return p;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what} never showed:\n{p}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let dir = temp();
+        let held = dir.join("held");
+        let mut holder = Command::new(BIN)
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--label",
+                "the-holder",
+                &name,
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(format!("echo up >> {}; sleep 2", held.display()))
+            .spawn()
+            .expect("spawn");
+        wait_for_line(&held, "up").await;
+        let mut waiter = Command::new(BIN)
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--label",
+                "the-waiter",
+                &name,
+                "--",
+                "true",
+            ])
+            .spawn()
+            .expect("spawn");
+        let shown = until("the waiter", &|p| {
+            p.contains("1 holding, 1 waiting") && p.contains("the-waiter")
+        });
+        assert!(
+            shown.contains("(mutex)") && shown.contains("waiting "),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("the-holder") && shown.contains("held "),
+            "{shown}"
+        );
+        assert!(holder.wait().expect("wait").success());
+        assert!(waiter.wait().expect("wait").success());
+        let gone = until("the waiter gone", &|p| !p.contains("the-waiter"));
+        assert!(!gone.contains("waiting "), "{gone}");
+        tmux(&["kill-server"]);
+    }
+}

@@ -1,13 +1,16 @@
 //! `queuelock`: run a command under a distributed lock, like `flock(1)` across machines.
 //!
 //! ```text
-//! queuelock run  [--url U] [--timeout D] [--permits N] NAME -- CMD [ARGS...]
-//! queuelock status [--url U] [--kind mutex|rwlock|semaphore] [--json] NAME
-//! queuelock elect [--url U] NAME VALUE -- CMD [ARGS...]
+//! queuelock run  [--url U] [--timeout D] [--permits N] [--metrics-addr A] NAME -- CMD [ARGS...]
+//! queuelock status [--url U] [--kind auto|mutex|rwlock|semaphore|election] [--json]
+//!                  [--watch [--interval D]] NAME
+//! queuelock elect [--url U] [--metrics-addr A] NAME VALUE -- CMD [ARGS...]
 //! ```
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{kill, Signal};
@@ -57,12 +60,22 @@ struct Target {
     label: Option<String>,
 }
 
+#[derive(clap::Args, Debug)]
+struct Metrics {
+    /// Serve Prometheus metrics (text format, any path) on this address while waiting
+    /// and while the command runs, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Wait for the lock (or one of N permits), run CMD while holding it, release.
     Run {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        metrics: Metrics,
         /// Give up waiting after this long (e.g. 30s, 5m); exit 124.
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
@@ -78,19 +91,25 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Show who holds a lock and who waits.
+    /// Show who holds a lock and who waits, and for how long (any recipe's name).
     Status {
         #[command(flatten)]
         target: Target,
-        /// Which recipe's layout to read.
-        #[arg(long, value_enum, default_value = "mutex")]
+        /// Which recipe's layout to read (auto: find out from what is stored).
+        #[arg(long, value_enum, default_value = "auto")]
         kind: Kind,
-        /// Permit count, with --kind semaphore.
-        #[arg(long, default_value = "1")]
-        permits: u32,
+        /// Permit count, with --kind semaphore (default: the stored count).
+        #[arg(long)]
+        permits: Option<u32>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Redraw every --interval until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch redraws.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
         /// Lock name.
         name: String,
     },
@@ -98,6 +117,8 @@ enum Cmd {
     Elect {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        metrics: Metrics,
         /// After lost leadership, how long CMD gets between SIGTERM and SIGKILL.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
@@ -111,11 +132,25 @@ enum Cmd {
     },
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Kind {
+    Auto,
     Mutex,
     Rwlock,
     Semaphore,
+    Election,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Auto => "auto",
+            Kind::Mutex => "mutex",
+            Kind::Rwlock => "rwlock",
+            Kind::Semaphore => "semaphore",
+            Kind::Election => "election",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -160,10 +195,44 @@ async fn connect(t: &Target) -> queuelock::Result<Client> {
     Client::with_config(&config).await
 }
 
+/// Installs a Prometheus recorder serving `addr`, before anything is recorded. Wait and
+/// hold times get buckets from 1 ms to 5 min, queue depth from 0 to 1024.
+fn serve_metrics(m: &Metrics) -> queuelock::Result<()> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let Some(addr) = m.metrics_addr else {
+        return Ok(());
+    };
+    let fail = |e: metrics_exporter_prometheus::BuildError| {
+        Error::Config(format!("--metrics-addr {addr}: {e}"))
+    };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ],
+        )
+        .map_err(fail)?
+        .set_buckets_for_metric(
+            Matcher::Full("queuelock_queue_depth".into()),
+            &[
+                0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+            ],
+        )
+        .map_err(fail)?
+        .install()
+        .map_err(fail)?;
+    queuelock::describe_metrics();
+    Ok(())
+}
+
 async fn run(cli: Cli) -> queuelock::Result<u8> {
     match cli.command {
         Cmd::Run {
             target,
+            metrics,
             timeout,
             permits,
             grace,
@@ -172,6 +241,7 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
         } => {
             // A bad name fails before any connection is made.
             LockName::new(&name)?;
+            serve_metrics(&metrics)?;
             let client = connect(&target).await?;
             let acquire = acquire(&client, &name, permits);
             let guard = match timeout {
@@ -203,31 +273,42 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             kind,
             permits,
             json,
+            watch,
+            interval,
             name,
         } => {
             // A bad name fails before any connection is made.
             LockName::new(&name)?;
             let client = connect(&target).await?;
-            let (holders, waiters) = match kind {
-                Kind::Mutex => {
-                    let m = client.mutex(&name)?;
-                    (m.holders().await?, m.waiters().await?)
+            let mut seen = HoldSeen::default();
+            if !watch {
+                let view = read_status(&client, &name, kind, permits).await?;
+                print!("{}", render(&name, &view, json, &mut seen));
+                client.close().await.ok();
+                return Ok(0);
+            }
+            loop {
+                let frame = match read_status(&client, &name, kind, permits).await {
+                    Ok(view) => render(&name, &view, json, &mut seen),
+                    Err(e) => format!("{name}: cannot read the queue: {e}\n"),
+                };
+                if json {
+                    print!("{frame}");
+                } else {
+                    // Clear the screen and home the cursor, then the frame.
+                    print!(
+                        "\x1b[2J\x1b[H{frame}\n(every {}; Ctrl-C to stop)\n",
+                        humantime::format_duration(interval)
+                    );
                 }
-                Kind::Rwlock => {
-                    let l = client.rwlock(&name)?;
-                    (l.holders().await?, l.waiters().await?)
-                }
-                Kind::Semaphore => {
-                    let s = client.semaphore(&name, permits)?;
-                    (s.holders().await?, s.waiters().await?)
-                }
-            };
-            print_status(&name, &holders, &waiters, json);
-            client.close().await.ok();
-            Ok(0)
+                use std::io::Write;
+                std::io::stdout().flush().ok();
+                tokio::time::sleep(interval).await;
+            }
         }
         Cmd::Elect {
             target,
+            metrics,
             grace,
             name,
             value,
@@ -235,6 +316,7 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
         } => {
             // A bad name fails before any connection is made.
             LockName::new(&name)?;
+            serve_metrics(&metrics)?;
             let client = connect(&target).await?;
             let leadership = client.election(&name)?.campaign(value).await?;
             let code = supervise(leadership.guard(), &command, grace).await;
@@ -309,43 +391,206 @@ fn describe(entries: &[QueueEntry]) -> String {
         .join(", ")
 }
 
-fn print_status(name: &str, holders: &[QueueEntry], waiters: &[QueueEntry], json: bool) {
-    let row = |e: &QueueEntry| {
-        serde_json::json!({
-            "key": e.key,
-            "fencing_token": e.fencing_token,
-            "kind": format!("{:?}", e.kind).to_lowercase(),
-            "host": e.holder.as_ref().map(|h| h.host.clone()),
-            "pid": e.holder.as_ref().map(|h| h.pid),
-            "queued_at_ms": e.holder.as_ref().map(|h| h.queued_at_ms),
-            "label": e.holder.as_ref().and_then(|h| h.label.clone()),
-        })
+/// What `status` read: the recipe found (or asked for), its holders and waiters.
+struct StatusView {
+    kind: Kind,
+    permits: Option<u32>,
+    holders: Vec<QueueEntry>,
+    waiters: Vec<QueueEntry>,
+}
+
+/// Which recipe stored what is under `name`: a semaphore's stored permit count, else the
+/// kinds of the queue's nodes (read/write: rwlock, latch: election, lock: mutex).
+/// `Kind::Auto`: nothing is stored under the name.
+async fn detect(client: &Client, name: &str) -> queuelock::Result<(Kind, Option<u32>)> {
+    use queuelock::backend::NodeKind;
+    let session = client.session().await?;
+    if let Some(v) = session.get(&format!("{name}/meta/permits")).await? {
+        let permits = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok());
+        return Ok((Kind::Semaphore, permits));
+    }
+    let listing = session.list(name).await?;
+    let kind = listing
+        .nodes
+        .iter()
+        .map(|n| n.kind)
+        .find(|k| *k != NodeKind::Unknown);
+    Ok((
+        match kind {
+            Some(NodeKind::Read | NodeKind::Write) => Kind::Rwlock,
+            Some(NodeKind::Latch) => Kind::Election,
+            Some(NodeKind::Permit) => Kind::Semaphore,
+            Some(_) => Kind::Mutex,
+            // Only other tools' nodes: they queue like a mutex's.
+            None if !listing.nodes.is_empty() => Kind::Mutex,
+            None => Kind::Auto,
+        },
+        None,
+    ))
+}
+
+async fn read_status(
+    client: &Client,
+    name: &str,
+    kind: Kind,
+    permits: Option<u32>,
+) -> queuelock::Result<StatusView> {
+    let (kind, stored) = match kind {
+        Kind::Auto => detect(client, name).await?,
+        k => (k, None),
     };
+    let permits = permits.or(stored);
+    let (holders, waiters) = match kind {
+        Kind::Auto => (Vec::new(), Vec::new()),
+        // An election's candidates queue like a mutex's waiters: the first leads.
+        Kind::Mutex | Kind::Election => {
+            let m = client.mutex(name)?;
+            (m.holders().await?, m.waiters().await?)
+        }
+        Kind::Rwlock => {
+            let l = client.rwlock(name)?;
+            (l.holders().await?, l.waiters().await?)
+        }
+        Kind::Semaphore => {
+            // Reading needs no agreement on the count: any handle reads the layout.
+            let s = client.semaphore(name, permits.unwrap_or(1))?;
+            (s.holders().await?, s.waiters().await?)
+        }
+    };
+    Ok(StatusView {
+        kind,
+        permits,
+        holders,
+        waiters,
+    })
+}
+
+/// Since when each holder holds (ms since the epoch), and whether that is only an
+/// upper bound of its hold. Nothing on the lock path records a grant time (that would
+/// be one more write per grant), so a hold is timed from the frame that first showed it
+/// (late by at most one --interval); holders already there in the first frame are timed
+/// from when they queued, an upper bound.
+#[derive(Default)]
+struct HoldSeen {
+    since: HashMap<String, (u64, bool)>,
+    frames: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn secs(ms: u64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
+}
+
+/// One frame of `status`: text or a JSON line.
+fn render(name: &str, view: &StatusView, json: bool, seen: &mut HoldSeen) -> String {
+    let now = now_ms();
+    let queued = |e: &QueueEntry| e.holder.as_ref().map(|h| h.queued_at_ms);
+    // (held for, is an upper bound) per holder.
+    let held: Vec<Option<(u64, bool)>> = view
+        .holders
+        .iter()
+        .map(|e| {
+            let since = match seen.since.get(&e.key) {
+                Some(&s) => Some(s),
+                None if seen.frames == 0 => queued(e).map(|q| (q, true)),
+                None => Some((now, false)),
+            };
+            if let Some(s) = since {
+                seen.since.insert(e.key.clone(), s);
+            }
+            since.map(|(t, bound)| (now.saturating_sub(t), bound))
+        })
+        .collect();
+    seen.since
+        .retain(|k, _| view.holders.iter().any(|e| &e.key == k));
+    seen.frames += 1;
+    let waiting = |e: &QueueEntry| queued(e).map(|q| now.saturating_sub(q));
     if json {
+        let row = |e: &QueueEntry| {
+            serde_json::json!({
+                "key": e.key,
+                "fencing_token": e.fencing_token,
+                "kind": format!("{:?}", e.kind).to_lowercase(),
+                "host": e.holder.as_ref().map(|h| h.host.clone()),
+                "pid": e.holder.as_ref().map(|h| h.pid),
+                "queued_at_ms": queued(e),
+                "label": e.holder.as_ref().and_then(|h| h.label.clone()),
+            })
+        };
+        let holders: Vec<_> = view
+            .holders
+            .iter()
+            .zip(&held)
+            .map(|(e, h)| {
+                let mut r = row(e);
+                r["held_ms"] = serde_json::json!(h.map(|h| h.0));
+                r["held_ms_upper_bound"] = serde_json::json!(h.map(|h| h.1));
+                r
+            })
+            .collect();
+        let waiters: Vec<_> = view
+            .waiters
+            .iter()
+            .map(|e| {
+                let mut r = row(e);
+                r["waiting_ms"] = serde_json::json!(waiting(e));
+                r
+            })
+            .collect();
         let v = serde_json::json!({
             "name": name,
-            "holders": holders.iter().map(row).collect::<Vec<_>>(),
-            "waiters": waiters.iter().map(row).collect::<Vec<_>>(),
+            "recipe": (view.kind != Kind::Auto).then(|| view.kind.as_str()),
+            "permits": view.permits,
+            "holders": holders,
+            "waiters": waiters,
         });
-        println!("{v}");
-        return;
+        return format!("{v}\n");
     }
-    println!(
-        "{name}: {} holding, {} waiting",
-        holders.len(),
-        waiters.len()
+    if view.kind == Kind::Auto {
+        return format!("{name}: nothing held or queued under this name\n");
+    }
+    let recipe = match (view.kind, view.permits) {
+        (Kind::Semaphore, Some(n)) => format!("semaphore, {n} permits"),
+        (k, _) => k.as_str().to_owned(),
+    };
+    let mut out = format!(
+        "{name} ({recipe}): {} holding, {} waiting\n",
+        view.holders.len(),
+        view.waiters.len()
     );
-    for (title, list) in [("holder", holders), ("waiter", waiters)] {
-        for (i, e) in list.iter().enumerate() {
-            let who = describe(std::slice::from_ref(e));
-            println!(
-                "  {title} {:>2}  token {:>8}  {who}  [{}]",
-                i + 1,
-                e.fencing_token,
-                e.key
+    let rows = view
+        .holders
+        .iter()
+        .zip(held.iter().map(|h| match h {
+            Some((ms, true)) => format!("held <={}", secs(*ms)),
+            Some((ms, false)) => format!("held {}", secs(*ms)),
+            None => "held ?".to_owned(),
+        }))
+        .map(|(e, t)| ("holder", e, t))
+        .chain(view.waiters.iter().map(|e| {
+            let t = waiting(e).map_or_else(
+                || "waiting ?".to_owned(),
+                |ms| format!("waiting {}", secs(ms)),
             );
-        }
+            ("waiter", e, t)
+        }));
+    let mut n = HashMap::new();
+    for (title, e, time) in rows {
+        let i = n.entry(title).or_insert(0);
+        *i += 1;
+        let who = describe(std::slice::from_ref(e));
+        out.push_str(&format!(
+            "  {title} {i:>2}  token {:>8}  {time:<14}  {who}  [{}]\n",
+            e.fencing_token, e.key
+        ));
     }
+    out
 }
 
 /// Runs the command while `guard` holds; returns its exit status (`Err` for statuses

@@ -7,7 +7,9 @@ use std::time::Duration;
 use queuelock_core::{Error, LossReason, Node, Result, Session, SessionState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use super::telemetry::HoldRecord;
 use super::{remove_node, settle, spawn_removal};
 
 /// When a held lock counts as lost.
@@ -64,6 +66,9 @@ pub(crate) struct Lease {
     lost: watch::Sender<Option<LossReason>>,
     stop: CancellationToken,
     released: AtomicBool,
+    /// The hold's metrics and span; `None` for a lease that is not a hold (the
+    /// semaphore's turn in its waiting line).
+    hold: Option<Arc<HoldRecord>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -82,8 +87,10 @@ impl Lease {
         node: Node,
         since: u64,
         policy: LossPolicy,
+        hold: Option<HoldRecord>,
     ) -> Arc<Self> {
         let (lost, _) = watch::channel(None);
+        let hold = hold.map(Arc::new);
         let lease = Arc::new(Lease {
             session: session.clone(),
             node: node.clone(),
@@ -91,12 +98,13 @@ impl Lease {
             lost: lost.clone(),
             stop: CancellationToken::new(),
             released: AtomicBool::new(false),
+            hold: hold.clone(),
         });
         tokio::spawn(monitor(
             session,
             node.key,
             since,
-            lost,
+            Latch { tx: lost, hold },
             lease.stop.clone(),
             policy,
         ));
@@ -128,7 +136,7 @@ impl Lease {
         } else {
             classify(*self.session.state().borrow(), self.policy)?
         };
-        latch(&self.lost, r);
+        self.latch().set(r);
         Some(r)
     }
 
@@ -159,14 +167,27 @@ impl Lease {
         }
         self.stop.cancel();
         let loss = self.loss();
-        let task = tokio::spawn(remove_node(
-            self.session.clone(),
-            None,
-            Some(self.node.clone()),
-        ));
+        let span = self.release_span();
+        self.end_hold();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(
+            remove_node(self.session.clone(), None, Some(self.node.clone()))
+                .instrument(span.clone()),
+        );
         let removed = task
             .await
             .unwrap_or_else(|e| Err(Error::connection(format!("release task failed: {e}"))));
+        if let Some(hold) = &self.hold {
+            hold.labels.release(started.elapsed());
+        }
+        span.record(
+            "outcome",
+            match (&loss, &removed) {
+                (Some(_), _) => "lost",
+                (None, Ok(())) => "released",
+                (None, Err(_)) => "error",
+            },
+        );
         match loss {
             Some(r) => Err(Error::LockLost(r)),
             None => removed,
@@ -177,8 +198,42 @@ impl Lease {
     pub(crate) fn release_in_background(&self) {
         if !self.released.swap(true, Ordering::SeqCst) {
             self.stop.cancel();
+            self.loss();
+            self.end_hold();
             spawn_removal(self.session.clone(), None, Some(self.node.clone()));
         }
+    }
+
+    fn latch(&self) -> Latch {
+        Latch {
+            tx: self.lost.clone(),
+            hold: self.hold.clone(),
+        }
+    }
+
+    /// Ends the hold's record (a no-op if a loss already ended it).
+    fn end_hold(&self) {
+        if let Some(hold) = &self.hold {
+            hold.end(None);
+        }
+    }
+
+    /// The `queuelock.release` span, a child of the hold's.
+    fn release_span(&self) -> tracing::Span {
+        let parent = self.hold.as_ref().and_then(|h| h.span());
+        let (lock, recipe) = self
+            .hold
+            .as_ref()
+            .map_or(("", ""), |h| (&*h.labels.name, h.labels.recipe));
+        tracing::info_span!(
+            parent: parent.as_ref().and_then(|s| s.id()),
+            "queuelock.release",
+            lock,
+            recipe,
+            key = %self.node.key,
+            token = self.node.token,
+            outcome = tracing::field::Empty,
+        )
     }
 }
 
@@ -188,15 +243,28 @@ impl Drop for Lease {
     }
 }
 
-fn latch(tx: &watch::Sender<Option<LossReason>>, reason: LossReason) {
-    tx.send_if_modified(|v| {
-        if v.is_none() {
+/// Where a loss is latched: the lease's loss value, and its hold record (a loss ends the
+/// hold and is counted, once).
+struct Latch {
+    tx: watch::Sender<Option<LossReason>>,
+    hold: Option<Arc<HoldRecord>>,
+}
+
+impl Latch {
+    fn set(&self, reason: LossReason) {
+        self.tx.send_if_modified(|v| {
+            if v.is_some() {
+                return false;
+            }
             *v = Some(reason);
+            // Recorded before anyone waiting on the loss is woken, so whoever sees the
+            // loss also sees it counted.
+            if let Some(hold) = &self.hold {
+                hold.end(Some(reason));
+            }
             true
-        } else {
-            false
-        }
-    });
+        });
+    }
 }
 
 /// Watches a held node until it is released or lost.
@@ -204,7 +272,7 @@ async fn monitor(
     session: Arc<dyn Session>,
     key: String,
     since: u64,
-    tx: watch::Sender<Option<LossReason>>,
+    tx: Latch,
     stop: CancellationToken,
     policy: LossPolicy,
 ) {
@@ -214,7 +282,7 @@ async fn monitor(
             _ = stop.cancelled() => return,
             s = state.wait_for(|s| classify(*s, policy).is_some()) => {
                 let reason = s.ok().and_then(|s| classify(*s, policy)).unwrap_or(LossReason::SessionLost);
-                latch(&tx, reason);
+                tx.set(reason);
                 return;
             }
             r = session.deleted_lazily(&key, since) => r.is_err(),
@@ -236,8 +304,10 @@ async fn monitor(
             LossReason::NodeDeleted
         };
         if !stop.is_cancelled() {
-            tracing::warn!(key = %key, %reason, "lock lost");
-            latch(&tx, reason);
+            // The hold record warns with the lock's name; a lease that is no hold (a
+            // turn in a waiting line) is only worth a debug line.
+            tracing::debug!(key = %key, %reason, "lease lost");
+            tx.set(reason);
         }
         return;
     }

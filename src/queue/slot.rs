@@ -78,6 +78,7 @@ impl SessionSource for SessionSlot {
         let options = SessionOptions::with_ttl(self.ttl);
         let session = self.backend.open_session(&options).await?;
         tracing::debug!(backend = self.backend.name(), session = %session.id(), "session opened");
+        super::telemetry::watch_session(self.backend.name(), session.state());
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(session.clone());
         Ok(session)
     }

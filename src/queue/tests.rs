@@ -2,6 +2,7 @@
 //! way tokio tests `batch_semaphore` apart from its `Mutex`. The rules themselves are
 //! tested in `rules.rs`.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,14 @@ const EVENTUALLY: Duration = Duration::from_secs(5);
 /// A context over its own session slot on `store`, as one client would have.
 fn context(store: &MemoryBackend, policy: LossPolicy) -> Arc<Context> {
     let slot = Arc::new(SessionSlot::new(Arc::new(store.clone()), TTL));
-    Arc::new(Context::new(slot, policy, Some("unit".into()), TTL))
+    Arc::new(Context::new(
+        slot,
+        policy,
+        Some("unit".into()),
+        TTL,
+        "memory",
+        crate::NameLabel::None,
+    ))
 }
 
 /// Always the same session, lost or not: to see what the queue does on a lost one.
@@ -197,6 +205,8 @@ async fn nothing_is_granted_through_a_lost_session() {
         LossPolicy::default(),
         None,
         TTL,
+        "memory",
+        crate::NameLabel::None,
     );
     assert!(store.expire_session(session.id()));
     let r = try_acquire(&ctx, lock("q")).await;

@@ -9,6 +9,8 @@ use queuelock::backend::testkit::Harness;
 use queuelock::{Client, ClientOptions, Error, LossReason, NameError};
 use tokio::time::{sleep, timeout, Instant};
 
+pub mod recorder;
+
 /// Generous bound for "this must eventually happen": a liveness failure, not a timing test.
 pub const EVENTUALLY: Duration = Duration::from_secs(20);
 
@@ -422,7 +424,9 @@ macro_rules! conformance_tests {
             who_holds_what, fenced_writes_rejected_after_loss, multilock_no_deadlock,
             election_one_leader_and_failover, election_observe_in_order,
             one_release_wakes_one_waiter, semaphore_release_wakes_few,
-            release_over_a_stalled_link, lock_rides_out_a_short_outage
+            release_over_a_stalled_link, lock_rides_out_a_short_outage,
+            metrics_of_a_contended_run, metrics_of_timeouts_and_cancels,
+            metrics_of_a_lost_session
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1082,4 +1086,150 @@ pub async fn lock_rides_out_a_short_outage(h: &dyn Harness) {
         .expect("lock() gave up during a one-second outage");
     g.release().await.expect("release");
     c.close().await.ok();
+}
+
+/// A client whose metrics carry the full lock name (the tests filter on it), with the
+/// recording recorder installed.
+async fn metered_client(h: &dyn Harness) -> Client {
+    recorder::install();
+    Client::new(
+        h.backend().await,
+        ClientOptions::default()
+            .with_ttl(h.ttl())
+            .with_name_label(queuelock::NameLabel::Full),
+    )
+}
+
+/// How long each holder holds in the metric tests: long against scheduling noise, so
+/// the ordering properties below cannot flake.
+const HOLD: Duration = Duration::from_millis(300);
+
+/// A contended run: A holds, B then C queue behind it, each holds for `HOLD`. One wait
+/// sample per grant; queue depths at enqueue 0, 1, 2; the gauge counts the two waiters;
+/// C waited longer than B held (it waited through all of B's hold); ClientStats agrees
+/// with the counters.
+pub async fn metrics_of_a_contended_run(h: &dyn Harness) {
+    use recorder::{samples, total};
+    let name = h.unique_name("metrics-contended");
+    let observer = client(h).await;
+    let a = metered_client(h).await;
+    let ga = hold(&a, &name).await;
+    let mut tasks = Vec::new();
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let c = metered_client(h).await;
+        clients.push(c.clone());
+        let n = name.clone();
+        tasks.push(tokio::spawn(async move {
+            let g = hold(&c, &n).await;
+            sleep(HOLD).await;
+            g.release().await.expect("release");
+        }));
+        await_queue_len(&observer, &name, i + 2).await;
+    }
+    assert_eq!(
+        total(&name, "queuelock_waiting", &[]),
+        2.0,
+        "the gauge counts the two waiters"
+    );
+    sleep(HOLD).await;
+    ga.release().await.expect("release");
+    join_all(tasks, EVENTUALLY).await;
+    let granted = samples(
+        &name,
+        "queuelock_acquire_wait_seconds",
+        &[("outcome", "granted")],
+    );
+    assert_eq!(granted.len(), 3, "one wait sample per grant: {granted:?}");
+    assert_eq!(total(&name, "queuelock_grants_total", &[]), 3.0);
+    assert_eq!(total(&name, "queuelock_waiting", &[]), 0.0);
+    let mut depths = samples(&name, "queuelock_queue_depth", &[]);
+    depths.sort_by(f64::total_cmp);
+    assert_eq!(depths, vec![0.0, 1.0, 2.0], "nodes ahead at enqueue");
+    // Recorded in grant/release order: A, B, C.
+    let holds = samples(&name, "queuelock_hold_seconds", &[]);
+    assert_eq!(holds.len(), 3, "{holds:?}");
+    assert!(holds.iter().all(|&s| s >= HOLD.as_secs_f64()), "{holds:?}");
+    assert!(
+        granted[2] > holds[1] && granted[1] > granted[0],
+        "later waiters waited longer than the holder ahead held: waits {granted:?}, holds {holds:?}"
+    );
+    assert_eq!(samples(&name, "queuelock_release_seconds", &[]).len(), 3);
+    let labelled = recorder::events(&name, "queuelock_grants_total");
+    assert!(labelled
+        .iter()
+        .all(|e| e.label("backend") == Some(a.backend().name())
+            && e.label("recipe") == Some("mutex")));
+    // ClientStats is a view of the same counts.
+    assert_eq!(a.stats().grants, 1);
+    for c in &clients {
+        assert_eq!(c.stats().grants, 1);
+    }
+    let wakeups: u64 = clients.iter().map(|c| c.stats().wakeups).sum();
+    assert_eq!(total(&name, "queuelock_wakeups_total", &[]), wakeups as f64);
+}
+
+/// A timed-out acquire is recorded as a timeout (sample and counter, and in
+/// ClientStats); a dropped one as cancelled.
+pub async fn metrics_of_timeouts_and_cancels(h: &dyn Harness) {
+    use recorder::{samples, total};
+    let name = h.unique_name("metrics-timeout");
+    let g = hold(&metered_client(h).await, &name).await;
+    let c = metered_client(h).await;
+    let m = c.mutex(&name).expect("name");
+    let err = m
+        .lock_timeout(Duration::from_millis(300))
+        .await
+        .expect_err("took a held lock");
+    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    let timed_out = samples(
+        &name,
+        "queuelock_acquire_wait_seconds",
+        &[("outcome", "timeout")],
+    );
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    assert!(timed_out[0] >= 0.3, "{timed_out:?}");
+    assert_eq!(total(&name, "queuelock_acquire_timeouts_total", &[]), 1.0);
+    assert_eq!(c.stats().timeouts, 1);
+    let dropped = timeout(Duration::from_millis(200), m.lock()).await;
+    assert!(dropped.is_err(), "took a held lock");
+    let cancelled = samples(
+        &name,
+        "queuelock_acquire_wait_seconds",
+        &[("outcome", "cancelled")],
+    );
+    assert_eq!(cancelled.len(), 1, "{cancelled:?}");
+    assert_eq!(total(&name, "queuelock_acquire_cancelled_total", &[]), 1.0);
+    assert_eq!(total(&name, "queuelock_waiting", &[]), 0.0);
+    g.release().await.expect("release");
+}
+
+/// A forced session loss increments `queuelock_losses_total{reason}` once and ends the
+/// hold's record.
+pub async fn metrics_of_a_lost_session(h: &dyn Harness) {
+    use recorder::{events, samples, total};
+    let name = h.unique_name("metrics-loss");
+    let a = metered_client(h).await;
+    let g = hold(&a, &name).await;
+    h.expire(g.session_id()).await;
+    let reason = timeout(h.ttl() + EVENTUALLY, g.lost())
+        .await
+        .expect("loss not reported");
+    let label = match reason {
+        LossReason::SessionLost => "session_lost",
+        LossReason::NodeDeleted => "node_deleted",
+        other => panic!("unexpected loss reason {other:?}"),
+    };
+    assert_eq!(
+        total(&name, "queuelock_losses_total", &[("reason", label)]),
+        1.0,
+        "{:?}",
+        events(&name, "queuelock_losses_total")
+    );
+    assert_eq!(a.stats().losses, 1);
+    assert_eq!(samples(&name, "queuelock_hold_seconds", &[]).len(), 1);
+    assert!(g.release().await.is_err());
+    // Released after the loss: still one loss, one hold sample.
+    assert_eq!(total(&name, "queuelock_losses_total", &[]), 1.0);
+    assert_eq!(samples(&name, "queuelock_hold_seconds", &[]).len(), 1);
 }
