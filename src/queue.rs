@@ -9,7 +9,10 @@
 //! 3. Otherwise wait for that node's deletion, our session's loss, or cancellation; then
 //!    read again (the one node we wait for now, with our own node: O(1) where the store
 //!    can) and go to 2. A grant is only ever decided on a read that still saw our node,
-//!    from a session that is not lost.
+//!    from a session that is not lost — or, when that read showed the blocker was the
+//!    last node ahead ([`queuelock_core::Turn::last`]), on the blocker's deletion while
+//!    our session is known alive (no node joins ahead of ours; a handoff then costs no
+//!    read).
 //! 4. With an [`Admission`] (the semaphore) the grant is only a turn at the head of a
 //!    waiting line: the head watches a holders directory and enters it (a node of its
 //!    own there) as soon as the admission rule lets it, then leaves the line.
@@ -370,8 +373,16 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             return Ok(out);
         }
         tracing::trace!(lock = req.queue, waiting_for = %blocker.key, "queued");
-        wait_turn(&*session, &blocker.key, read.revision).await?;
+        let deleted = wait_turn(&*session, &blocker.key, read.revision).await?;
         labels.wakeup();
+        if deleted && read.last && alive(&*session) {
+            // The blocker was the last node ahead, and none can join ahead of ours: our
+            // turn, without a second read. Our node exists while our session lives (only
+            // someone deleting it could remove it, and the lease's watch, from the
+            // revision of our last read, reports that as a loss like any holder's).
+            read = queuelock_core::Turn::new(None, read.revision);
+            continue;
+        }
         // The one node we wait for now (and proof that ours still exists): O(1) where the
         // store can read just that node.
         read = retry(&*session, || session.turn(req.queue, &me, req.ahead))
@@ -530,8 +541,8 @@ async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
     }
 }
 
-/// Waits until `blocker` is gone. Errors if the session is lost. Returns `Ok` after a
-/// broken watch too: the caller reads again either way.
+/// Waits until `blocker` is gone: `Ok(true)`. Errors if the session is lost. Returns
+/// `Ok(false)` after a broken watch: the caller reads again.
 ///
 /// Our own node is not watched: the session's state reports its loss, and the read after
 /// every wake proves our node still exists (a node deleted by someone else is found
@@ -539,7 +550,7 @@ async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
 /// watch on our own delete) and a second watch per waiter.
 ///
 /// Cancel safety: safe; dropping it cancels the watch.
-async fn wait_turn(session: &dyn Session, blocker: &str, since: u64) -> Result<()> {
+async fn wait_turn(session: &dyn Session, blocker: &str, since: u64) -> Result<bool> {
     let mut state = session.state();
     // The select's outputs hold no borrow of the state channel, so the future stays Send.
     let woke = tokio::select! {
@@ -547,11 +558,23 @@ async fn wait_turn(session: &dyn Session, blocker: &str, since: u64) -> Result<(
         _ = state.wait_for(|s| *s == SessionState::Lost) => None,
     };
     match woke {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) if e.is_retryable() => settle(session, Duration::from_millis(50)).await,
+        Some(Ok(())) => Ok(true),
+        Some(Err(e)) if e.is_retryable() => settle(session, Duration::from_millis(50))
+            .await
+            .map(|()| false),
         Some(Err(e)) => Err(e),
         None => Err(Error::SessionExpired(session.id())),
     }
+}
+
+/// Whether the session is known alive right now: live, and inside the client-side
+/// deadline of its last acknowledged keep-alive (so the server still has it). A backend
+/// that tracks no deadline is never "known" alive here.
+fn alive(session: &dyn Session) -> bool {
+    *session.state().borrow() == SessionState::Live
+        && session
+            .valid_until()
+            .is_some_and(|t| std::time::Instant::now() < t)
 }
 
 /// "Our node is not in the queue any more" told apart: a lost session, or a node deleted

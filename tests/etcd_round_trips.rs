@@ -151,3 +151,54 @@ async fn a_handoff_costs_the_same_at_any_queue_length() {
         "bytes per grant grow with the queue: {short:.0} at 20 waiters, {long:.0} at 200"
     );
 }
+
+/// A handoff to the next in line costs no read: the waiter's create already showed that
+/// its predecessor was the last node ahead, so the predecessor's deletion alone is the
+/// grant. Per cycle: two creates and two deletes, no third transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_to_the_next_in_line_reads_nothing() {
+    const CYCLES: u64 = 20;
+    let cluster = EtcdCluster::start(1);
+    let endpoint = cluster.endpoints()[0].clone();
+    let a = Client::connect(&cluster.url("next", "ttl=30s"))
+        .await
+        .expect("connect");
+    let b = Client::new(a.backend().clone(), a.options().clone());
+    let ma = a.mutex("next").expect("name");
+    // Warm up: each client's session and watch stream.
+    for c in [&a, &b] {
+        let m = c.mutex("next").expect("name");
+        m.lock()
+            .await
+            .expect("lock")
+            .release()
+            .await
+            .expect("release");
+    }
+    let before = unary_calls(&endpoint);
+    for _ in 0..CYCLES {
+        let held = ma.lock().await.expect("lock");
+        let mb = b.mutex("next").expect("name");
+        let waiter = tokio::spawn(async move {
+            mb.lock()
+                .await
+                .expect("lock")
+                .release()
+                .await
+                .expect("release");
+        });
+        // Waiting for the waiter to queue reads with Range calls only.
+        while ma.waiters().await.expect("waiters").is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        held.release().await.expect("release");
+        waiter.await.expect("waiter");
+    }
+    let calls = delta(&unary_calls(&endpoint), &before);
+    println!("unary etcd calls for {CYCLES} handoffs: {calls:?}");
+    assert_eq!(
+        calls.get("Txn").copied(),
+        Some(4 * CYCLES),
+        "a handoff must cost two creates and two deletes, no read: {calls:?}"
+    );
+}

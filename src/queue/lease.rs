@@ -65,6 +65,11 @@ pub(crate) struct Lease {
     policy: LossPolicy,
     lost: watch::Sender<Option<LossReason>>,
     stop: CancellationToken,
+    /// The loss watch's task: stopped, and awaited, before the node is deleted, so that
+    /// its watch is cancelled before the delete reaches the server (ZooKeeper would
+    /// otherwise fire the holder's own watch on its own delete: a second notification
+    /// per release).
+    monitor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     released: AtomicBool,
     /// The hold's metrics and span; `None` for a lease that is not a hold (the
     /// semaphore's turn in its waiting line).
@@ -97,10 +102,11 @@ impl Lease {
             policy,
             lost: lost.clone(),
             stop: CancellationToken::new(),
+            monitor: std::sync::Mutex::new(None),
             released: AtomicBool::new(false),
             hold: hold.clone(),
         });
-        tokio::spawn(monitor(
+        let task = tokio::spawn(monitor(
             session,
             node.key,
             since,
@@ -108,6 +114,7 @@ impl Lease {
             lease.stop.clone(),
             policy,
         ));
+        *lease.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         lease
     }
 
@@ -170,9 +177,14 @@ impl Lease {
         let span = self.release_span();
         self.end_hold();
         let started = tokio::time::Instant::now();
+        let monitor = self.take_monitor();
+        let (session, node) = (self.session.clone(), self.node.clone());
         let task = tokio::spawn(
-            remove_node(self.session.clone(), None, Some(self.node.clone()))
-                .instrument(span.clone()),
+            async move {
+                unwatch(monitor).await;
+                remove_node(session, None, Some(node)).await
+            }
+            .instrument(span.clone()),
         );
         let removed = task
             .await
@@ -200,8 +212,25 @@ impl Lease {
             self.stop.cancel();
             self.loss();
             self.end_hold();
-            spawn_removal(self.session.clone(), None, Some(self.node.clone()));
+            let monitor = self.take_monitor();
+            let (session, node) = (self.session.clone(), self.node.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        unwatch(monitor).await;
+                        spawn_removal(session, None, Some(node));
+                    });
+                }
+                Err(_) => spawn_removal(session, None, Some(node)),
+            }
         }
+    }
+
+    fn take_monitor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     fn latch(&self) -> Latch {
@@ -264,6 +293,16 @@ impl Latch {
             }
             true
         });
+    }
+}
+
+/// Stops the loss watch and waits until its future (and so its watch) is dropped.
+///
+/// Cancel safety: safe; the task is aborted either way.
+async fn unwatch(monitor: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = monitor {
+        task.abort();
+        let _ = task.await;
     }
 }
 

@@ -143,6 +143,29 @@ pub struct Turn {
     pub blocker: Option<Node>,
     /// The store revision of the read: pass it to [`crate::Session::deleted`] as `since`.
     pub revision: Revision,
+    /// `true` when the read showed that the blocker is the only node ahead of ours that
+    /// the rule selects. No node ever joins a queue ahead of an existing one, so once the
+    /// blocker is deleted it is our turn without reading again (while our session is
+    /// known alive). `false` when unknown: a backend that cannot tell cheaply says so.
+    pub last: bool,
+}
+
+impl Turn {
+    /// A read that found nothing ahead (`blocker` `None`) or a `blocker` whose being
+    /// the last is unknown.
+    pub fn new(blocker: Option<Node>, revision: Revision) -> Self {
+        Turn {
+            blocker,
+            revision,
+            last: false,
+        }
+    }
+
+    /// The same read, with the blocker known to be the last node ahead (`last`).
+    pub fn with_last(mut self, last: bool) -> Self {
+        self.last = last && self.blocker.is_some();
+        self
+    }
 }
 
 /// A node in a queue, as created or listed.
@@ -204,10 +227,9 @@ impl Listing {
     }
 
     fn turn_at(&self, me: usize, ahead: Ahead) -> Turn {
-        Turn {
-            blocker: ahead.find(&self.nodes, me).map(|i| self.nodes[i].clone()),
-            revision: self.revision,
-        }
+        let blocker = ahead.find(&self.nodes, me);
+        let last = blocker.is_some_and(|b| ahead.find(&self.nodes, b).is_none());
+        Turn::new(blocker.map(|i| self.nodes[i].clone()), self.revision).with_last(last)
     }
 }
 

@@ -168,26 +168,29 @@ impl EtcdSession {
         )
     }
 
-    /// The first node of `kvs` (newest first) that `ahead` selects, or where to read on:
-    /// `Err(revision)` when every key was passed over and there may be older ones (the
-    /// page was full), below the oldest key seen.
+    /// The first node of `kvs` (newest first) that `ahead` selects, and whether it is
+    /// known to be the last one (no other in the page, and the page was not full); or
+    /// where to read on: `Err(revision)` when every key was passed over and there may be
+    /// older ones (the page was full), below the oldest key seen.
     fn pick(
         &self,
         queue: &str,
         kvs: &[etcd_client::KeyValue],
         ahead: Ahead,
         limit: i64,
-    ) -> std::result::Result<Option<Node>, i64> {
-        if let Some(n) = kvs
+    ) -> std::result::Result<Turn, i64> {
+        let full = kvs.len() as i64 >= limit;
+        let mut selected = kvs
             .iter()
             .filter_map(|kv| self.node_of(queue, kv))
-            .find(|n| ahead.selects(n.kind))
-        {
-            return Ok(Some(n));
+            .filter(|n| ahead.selects(n.kind));
+        if let Some(n) = selected.next() {
+            let last = selected.next().is_none() && !full;
+            return Ok(Turn::new(Some(n), 0).with_last(last));
         }
         match kvs.last() {
-            Some(last) if kvs.len() as i64 >= limit => Err(last.create_revision()),
-            _ => Ok(None),
+            Some(last) if full => Err(last.create_revision()),
+            _ => Ok(Turn::new(None, 0)),
         }
     }
 
@@ -206,7 +209,7 @@ impl EtcdSession {
                 .map_err(|e| self.fail(e))?;
             let revision = resp.header().map_or(0, |h| h.revision()) as u64;
             match self.pick(queue, &get_response(&resp), ahead, limit) {
-                Ok(blocker) => return Ok(Turn { blocker, revision }),
+                Ok(turn) => return Ok(Turn { revision, ..turn }),
                 Err(below) => before = below,
             }
             limit = (limit * 2).min(1024);
@@ -218,7 +221,9 @@ impl EtcdSession {
         match ahead {
             // Readers often queue behind readers: skip a few in the same round trip.
             Ahead::NearestNonReader => 16,
-            _ => 1,
+            // The predecessor and whether anything is older: if not, its deletion alone
+            // makes it our turn (no second read).
+            _ => 2,
         }
     }
 }
@@ -399,12 +404,9 @@ impl Session for EtcdSession {
             });
         }
         let turn = match spec.ahead {
-            Ahead::Nothing => Turn {
-                blocker: None,
-                revision,
-            },
+            Ahead::Nothing => Turn::new(None, revision),
             ahead => match self.pick(&spec.queue, &kvs[1..], ahead, limit - 1) {
-                Ok(blocker) => Turn { blocker, revision },
+                Ok(turn) => Turn { revision, ..turn },
                 Err(below) => self.scan_older(&spec.queue, below, ahead).await?,
             },
         };
@@ -417,10 +419,10 @@ impl Session for EtcdSession {
     }
 
     /// One round trip: a transaction reads our key (is it still the same node?) and the
-    /// nearest older key of the queue's directory (`limit`, sorted by create revision
+    /// nearest older keys of the queue's directory (`limit 2`, sorted by create revision
     /// descending, `max_create_revision` = ours − 1), as Go's Mutex reads its
-    /// predecessor. Only that key crosses the network, so a handoff costs the same at
-    /// any queue length.
+    /// predecessor; the second key tells whether the predecessor is the last one ahead.
+    /// Only those keys cross the network, so a handoff costs the same at any queue length.
     ///
     /// Cancel safety: safe (read only).
     async fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
@@ -447,7 +449,7 @@ impl Session for EtcdSession {
         }
         let older = gets.next().unwrap_or_default();
         match self.pick(queue, &older, ahead, limit) {
-            Ok(blocker) => Ok(Turn { blocker, revision }),
+            Ok(turn) => Ok(Turn { revision, ..turn }),
             Err(below) => self.scan_older(queue, below, ahead).await,
         }
     }

@@ -161,21 +161,19 @@ impl State {
         if self.entries.get(&me.key).map(|e| e.create_rev) != Some(me.token) {
             return Err(Error::LockLost(LossReason::NodeDeleted));
         }
-        let blocker = self.queues.get(queue).and_then(|q| {
+        let mut selected = self.queues.get(queue).into_iter().flat_map(|q| {
             q.range(..me.sequence)
                 .rev()
-                .find(|(_, (_, kind))| ahead.selects(*kind))
-                .map(|(&seq, (key, kind))| Node {
-                    key: key.clone(),
-                    sequence: seq,
-                    token: seq,
-                    kind: *kind,
-                })
+                .filter(|(_, (_, kind))| ahead.selects(*kind))
         });
-        Ok(Turn {
-            blocker,
-            revision: self.revision,
-        })
+        let blocker = selected.next().map(|(&seq, (key, kind))| Node {
+            key: key.clone(),
+            sequence: seq,
+            token: seq,
+            kind: *kind,
+        });
+        let last = selected.next().is_none();
+        Ok(Turn::new(blocker, self.revision).with_last(last))
     }
 
     fn index(&mut self, queue: &str, key: &str, seq: u64, kind: NodeKind) {
