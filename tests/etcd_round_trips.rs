@@ -54,6 +54,16 @@ fn metric(endpoint: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// One uncontended lock + release.
+async fn once(m: &queuelock::Mutex) {
+    m.lock()
+        .await
+        .expect("lock")
+        .release()
+        .await
+        .expect("release");
+}
+
 fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after
         .iter()
@@ -72,12 +82,7 @@ async fn uncontended_lock_and_release_is_two_round_trips() {
         .expect("connect");
     let m = client.mutex("round-trips").expect("name");
     // Warm up: the session (lease) and the watch stream are opened once per client.
-    m.lock()
-        .await
-        .expect("lock")
-        .release()
-        .await
-        .expect("release");
+    once(&m).await;
     let before = unary_calls(&endpoint);
     for _ in 0..CYCLES {
         let g = m.lock().await.expect("lock");
@@ -113,12 +118,7 @@ async fn bytes_per_grant(cluster: &EtcdCluster, waiters: usize) -> f64 {
         let c = Client::new(first.backend().clone(), first.options().clone());
         let m = c.mutex(&name).expect("name");
         tasks.push(tokio::spawn(async move {
-            m.lock()
-                .await
-                .expect("lock")
-                .release()
-                .await
-                .expect("release");
+            once(&m).await;
         }));
     }
     let m = first.mutex(&name).expect("name");
@@ -168,24 +168,14 @@ async fn a_handoff_to_the_next_in_line_reads_nothing() {
     // Warm up: each client's session and watch stream.
     for c in [&a, &b] {
         let m = c.mutex("next").expect("name");
-        m.lock()
-            .await
-            .expect("lock")
-            .release()
-            .await
-            .expect("release");
+        once(&m).await;
     }
     let before = unary_calls(&endpoint);
     for _ in 0..CYCLES {
         let held = ma.lock().await.expect("lock");
         let mb = b.mutex("next").expect("name");
         let waiter = tokio::spawn(async move {
-            mb.lock()
-                .await
-                .expect("lock")
-                .release()
-                .await
-                .expect("release");
+            once(&mb).await;
         });
         // Waiting for the waiter to queue reads with Range calls only.
         while ma.waiters().await.expect("waiters").is_empty() {
