@@ -231,6 +231,19 @@ pub fn rss_kib() -> Option<u64> {
         .ok()
 }
 
+/// Bytes currently allocated on the heap, when the harness runs under dhat (feature
+/// `dhat-heap`); `None` otherwise.
+pub fn heap_bytes() -> Option<u64> {
+    #[cfg(feature = "dhat-heap")]
+    {
+        Some(dhat::HeapStats::get().curr_bytes as u64)
+    }
+    #[cfg(not(feature = "dhat-heap"))]
+    {
+        None
+    }
+}
+
 /// Scenario 5 (and the memory half of 6): one holder, `waiters` sessions queued behind it;
 /// the holder releases and every waiter releases as soon as it is granted. Reports the
 /// drain time (holder's release to the last waiter's release) and the client memory per
@@ -242,6 +255,7 @@ pub async fn herd(factory: &dyn Factory, waiters: usize, own: bool) -> BResult<V
     let holder = factory.connect_shared().await?;
     let held = holder.lock(&name).await?;
     let rss_before = rss_kib();
+    let heap_before = heap_bytes();
     let enqueue_started = Instant::now();
     let mut lockers = Vec::with_capacity(waiters);
     for _ in 0..waiters {
@@ -269,6 +283,7 @@ pub async fn herd(factory: &dyn Factory, waiters: usize, own: bool) -> BResult<V
     tokio::time::sleep(Duration::from_millis(500 + waiters as u64 * 2)).await;
     let enqueue_s = enqueue_started.elapsed().as_secs_f64();
     let rss_after = rss_kib();
+    let heap_after = heap_bytes();
     let wakeups_before = factory.client_wakeups();
     let released_at = Instant::now();
     held.release().await?;
@@ -292,6 +307,12 @@ pub async fn herd(factory: &dyn Factory, waiters: usize, own: bool) -> BResult<V
         out.insert(
             "rss_kib_per_waiter".into(),
             json!(round3(b.saturating_sub(a) as f64 / waiters as f64)),
+        );
+    }
+    if let (Some(a), Some(b)) = (heap_before, heap_after) {
+        out.insert(
+            "heap_kib_per_waiter".into(),
+            json!(round3(b.saturating_sub(a) as f64 / 1024.0 / waiters as f64)),
         );
     }
     if let (Some(a), Some(b)) = (wakeups_before, factory.client_wakeups()) {
