@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::scenario::BResult;
+use crate::scenario::{BResult, PerEntity};
 use crate::server;
 
 /// Arguments of `queuelock-bench run`.
@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// Anything else the report must say (e.g. other load on the machine).
     #[arg(long, default_value = "")]
     note: String,
+    /// Members in the server cluster behind `--endpoint` (comma-separated when > 1).
+    /// Above 1 only the floor and the contended (and so handoff) rows run, and the files
+    /// are `<date>-<backend>-cluster<N>.*`.
+    #[arg(long, default_value_t = 1)]
+    cluster: usize,
 }
 
 /// How much each scenario does.
@@ -54,11 +59,15 @@ struct Plan {
     seconds: f64,
     herd: usize,
     footprint: usize,
+    /// Per-entity locks: names, tasks, clients, seconds.
+    entity: PerEntity,
+    /// Only the floor and the contended rows (cluster runs).
+    contended_only: bool,
 }
 
 impl Plan {
-    fn new(quick: bool) -> Self {
-        if quick {
+    fn new(quick: bool, cluster: usize) -> Self {
+        let mut plan = if quick {
             // Every scenario and implementation once, as small as still exercises it.
             Plan {
                 iterations: 20,
@@ -66,6 +75,13 @@ impl Plan {
                 seconds: 0.5,
                 herd: 20,
                 footprint: 50,
+                entity: PerEntity {
+                    names: 10_000,
+                    tasks: 16,
+                    clients: 4,
+                    seconds: 0.5,
+                },
+                contended_only: false,
             }
         } else {
             Plan {
@@ -74,14 +90,35 @@ impl Plan {
                 seconds: 4.0,
                 herd: 1000,
                 footprint: 10_000,
+                entity: PerEntity {
+                    names: 10_000,
+                    tasks: 64,
+                    clients: 8,
+                    seconds: 4.0,
+                },
+                contended_only: false,
             }
-        }
+        };
+        plan.contended_only = cluster > 1;
+        plan
+    }
+
+    fn entity_args(&self) -> Vec<String> {
+        let e = &self.entity;
+        [e.names, e.tasks, e.clients]
+            .iter()
+            .map(ToString::to_string)
+            .chain([e.seconds.to_string()])
+            .collect()
     }
 }
 
 struct Impl {
     name: String,
     command: Vec<String>,
+    /// An in-process Rust implementation whose herd can also run with a connection per
+    /// waiter (`herd N own`), for the like-for-like memory comparison.
+    herd_own: bool,
 }
 
 fn split_eq(s: &str) -> BResult<(String, String)> {
@@ -94,22 +131,26 @@ fn split_eq(s: &str) -> BResult<(String, String)> {
 /// Runs everything and writes the results.
 pub async fn run(args: RunArgs) -> BResult<()> {
     let started = Instant::now();
-    let plan = Plan::new(args.quick);
+    let plan = Plan::new(args.quick, args.cluster);
     let exe = std::env::current_exe()?.display().to_string();
     let rust = |imp: &str| vec![exe.clone(), "harness".into(), imp.into()];
     let mut impls = vec![Impl {
         name: "queuelock".into(),
         command: rust("queuelock"),
+        herd_own: true,
     }];
     if args.backend == "etcd" {
         impls.push(Impl {
             name: "etcd-client lock() (Rust)".into(),
             command: rust("etcd-client"),
+            herd_own: true,
         });
     } else {
+        // Every zookeeper-client session is its own connection: one herd says it all.
         impls.push(Impl {
             name: "zookeeper-client LockClient (Rust)".into(),
             command: rust("zookeeper-client"),
+            herd_own: false,
         });
     }
     for p in &args.peers {
@@ -117,6 +158,7 @@ pub async fn run(args: RunArgs) -> BResult<()> {
         impls.push(Impl {
             name,
             command: cmd.split_whitespace().map(str::to_owned).collect(),
+            herd_own: false,
         });
     }
     let mut unavailable = Vec::new();
@@ -150,14 +192,28 @@ pub async fn run(args: RunArgs) -> BResult<()> {
     r["impl"] = json!("floor");
     r["when"] = json!("first");
     results.push(r);
+    let entity_args = plan.entity_args();
+    if !plan.contended_only {
+        let mut r = one(&floor, "floor", b, ep, "per-entity", &entity_args).await;
+        r["impl"] = json!("floor");
+        results.push(r);
+    }
     for imp in &impls {
-        let mut runs: Vec<(&str, Vec<String>)> =
-            vec![("uncontended", vec![plan.iterations.to_string()])];
+        let mut runs: Vec<(&str, Vec<String>)> = Vec::new();
+        if !plan.contended_only {
+            runs.push(("uncontended", vec![plan.iterations.to_string()]));
+        }
         for n in &plan.contenders {
             runs.push(("contended", vec![n.to_string(), plan.seconds.to_string()]));
         }
-        runs.push(("herd", vec![plan.herd.to_string()]));
-        runs.push(("footprint", vec![plan.footprint.to_string()]));
+        if !plan.contended_only {
+            runs.push(("per-entity", entity_args.clone()));
+            runs.push(("herd", vec![plan.herd.to_string()]));
+            if imp.herd_own {
+                runs.push(("herd", vec![plan.herd.to_string(), "own".into()]));
+            }
+            runs.push(("footprint", vec![plan.footprint.to_string()]));
+        }
         for (scenario, a) in runs {
             let mut r = one(&imp.command, &imp.name, b, ep, scenario, &a).await;
             r["impl"] = json!(imp.name);
@@ -168,8 +224,16 @@ pub async fn run(args: RunArgs) -> BResult<()> {
     r["impl"] = json!("floor");
     r["when"] = json!("last");
     results.push(r);
+    let topology = if args.cluster > 1 {
+        format!("{}-member cluster", args.cluster)
+    } else {
+        "single member".to_owned()
+    };
     let doc = json!({
         "backend": b,
+        "cluster": args.cluster,
+        "topology": topology,
+        "file_suffix": if args.cluster > 1 { format!("-cluster{}", args.cluster) } else { String::new() },
         "date": args.date,
         "mode": if args.quick { "quick" } else { "full" },
         "server": version,
@@ -180,7 +244,15 @@ pub async fn run(args: RunArgs) -> BResult<()> {
             "iterations": plan.iterations, "contenders": plan.contenders,
             "seconds_per_contended_run": plan.seconds, "herd_waiters": plan.herd,
             "footprint_locks": plan.footprint,
+            "per_entity": {
+                "names": plan.entity.names, "tasks": plan.entity.tasks,
+                "clients": plan.entity.clients, "seconds": plan.entity.seconds,
+            },
+            "contended_only": plan.contended_only,
         },
+        "cpu_method": "user+sys CPU time of the harness process (all threads) from \
+            /proc/<pid>/stat, read by the driver at the harness's {\"window\": \"start\"} and \
+            {\"window\": \"end\"} lines around the measured loop, divided by the grants in it",
         "bench_seconds": crate::scenario::round3(started.elapsed().as_secs_f64()),
         "results": results,
         "unavailable": unavailable,
@@ -216,6 +288,9 @@ async fn one(
     };
     if scenario == "contended" && v.get("contenders").is_none() {
         v["contenders"] = json!(args.first().and_then(|a| a.parse::<u64>().ok()));
+    }
+    if scenario == "herd" && v.get("connections").is_none() {
+        v["connections"] = json!(args.get(1).map_or("shared", String::as_str));
     }
     if let Some(e) = v.get("error") {
         eprintln!("    failed: {e}");
@@ -262,13 +337,22 @@ async fn run_process(
         let _ = stderr.read_to_string(&mut s).await;
         s
     });
+    let pid = child.id();
     let mut result = None;
     let mut sessions_held = None;
+    let (mut cpu_start, mut cpu_end) = (None, None);
     while let Some(line) = stdout.next_line().await? {
         let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
             continue;
         };
-        if let Some(n) = v.get("holding") {
+        if let Some(mark) = v.get("window") {
+            let ticks = pid.and_then(cpu_ticks);
+            if mark == "start" {
+                cpu_start = ticks;
+            } else {
+                cpu_end = ticks;
+            }
+        } else if let Some(n) = v.get("holding") {
             let now = server::sessions(backend, endpoint).await?;
             let before = sessions_before.clone().unwrap_or_default();
             sessions_held = Some((now.difference(&before).count(), n.clone()));
@@ -302,5 +386,38 @@ async fn run_process(
     if let Some((held, _)) = sessions_held {
         v["sessions_on_server"] = json!(held);
     }
+    if let (Some(a), Some(b)) = (cpu_start, cpu_end) {
+        let cpu_s = b.saturating_sub(a) as f64 / clock_ticks_per_s();
+        v["client_cpu_s"] = json!(crate::scenario::round3(cpu_s));
+        let grants = v["grants"].as_f64().or_else(|| v["count"].as_f64());
+        if let Some(g) = grants.filter(|g| *g > 0.0) {
+            v["cpu_us_per_grant"] = json!(crate::scenario::round3(cpu_s * 1e6 / g));
+        }
+    }
     Ok(v)
+}
+
+/// utime + stime of process `pid` in clock ticks (all its threads), from /proc.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The kernel's clock ticks per second for /proc times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks_per_s() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|t: &f64| *t > 0.0)
+            .unwrap_or(100.0)
+    })
 }

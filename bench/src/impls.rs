@@ -7,10 +7,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use crate::scenario::{time_loop, BResult, Factory, Held, Locker};
+use crate::scenario::{time_loop, timed_tasks, BResult, Factory, Held, Locker, PerEntity};
 
 /// The session TTL every implementation uses (etcd lease TTL, ZooKeeper session timeout).
 pub const TTL: Duration = Duration::from_secs(15);
+
+/// The members of a comma-separated endpoint list (`scripts/bench --cluster`).
+pub fn members(endpoint: &str) -> Vec<&str> {
+    endpoint.split(',').collect()
+}
 
 /// queuelock on etcd or ZooKeeper.
 pub struct QueueLock {
@@ -55,6 +60,15 @@ impl Factory for QueueLock {
         Ok(self.keep(client))
     }
 
+    fn sharing(&self, own: bool) -> &'static str {
+        match (own, self.url.starts_with("etcd")) {
+            (false, true) => "one gRPC channel for all; a queuelock Client (lease, keep-alive stream) per waiter",
+            (true, true) => "a Client::connect (own gRPC channel, lease, keep-alive stream) per waiter",
+            (false, false) => "a queuelock Client on the shared Backend per waiter: each its own ZooKeeper session, so its own connection",
+            (true, false) => "a Client::connect (own Backend, ZooKeeper session and connection) per waiter",
+        }
+    }
+
     fn client_wakeups(&self) -> Option<u64> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         Some(clients.iter().map(|c| c.stats().wakeups).sum())
@@ -92,7 +106,7 @@ impl EtcdClientLock {
     pub async fn new(endpoint: &str) -> BResult<Self> {
         Ok(EtcdClientLock {
             endpoint: endpoint.to_owned(),
-            shared: etcd_client::Client::connect([endpoint], None).await?,
+            shared: etcd_client::Client::connect(members(endpoint), None).await?,
         })
     }
 
@@ -123,10 +137,17 @@ impl EtcdClientLock {
 #[async_trait]
 impl Factory for EtcdClientLock {
     async fn connect(&self) -> BResult<Arc<dyn Locker>> {
-        Self::session(etcd_client::Client::connect([&self.endpoint], None).await?).await
+        Self::session(etcd_client::Client::connect(members(&self.endpoint), None).await?).await
     }
     async fn connect_shared(&self) -> BResult<Arc<dyn Locker>> {
         Self::session(self.shared.clone()).await
+    }
+    fn sharing(&self, own: bool) -> &'static str {
+        if own {
+            "a client (gRPC channel) and a lease with its keep-alive stream per waiter"
+        } else {
+            "one gRPC channel for all; a lease with its keep-alive stream per waiter"
+        }
     }
 }
 
@@ -191,6 +212,9 @@ impl Factory for ZkClientLock {
     async fn connect(&self) -> BResult<Arc<dyn Locker>> {
         Ok(Arc::new(ZkLocker(zk_connect(&self.endpoint).await?)))
     }
+    fn sharing(&self, _own: bool) -> &'static str {
+        "a zookeeper-client Client (ZooKeeper session, own connection) per waiter"
+    }
 }
 
 struct ZkLocker(zookeeper_client::Client);
@@ -228,21 +252,20 @@ impl Held for ZkHeld {
     }
 }
 
+/// The etcd floor's unit: put `key` with `lease`, then delete it.
+async fn etcd_pair(mut c: etcd_client::Client, lease: i64, key: String) -> BResult<()> {
+    let opts = etcd_client::PutOptions::new().with_lease(lease);
+    c.put(key.as_str(), "", Some(opts)).await?;
+    c.delete(key.as_str(), None).await?;
+    Ok(())
+}
+
 /// Scenario 1, etcd: put-with-lease + delete, the writes a lock needs, timed as a pair.
 pub async fn etcd_floor(endpoint: &str, iterations: usize) -> BResult<Value> {
-    let mut client = etcd_client::Client::connect([endpoint], None).await?;
+    let mut client = etcd_client::Client::connect(members(endpoint), None).await?;
     let lease = client.lease_grant(TTL.as_secs() as i64, None).await?.id();
     let key = format!("floor-{}", std::process::id());
-    let mut out = time_loop(iterations, || {
-        let (mut c, key) = (client.clone(), key.clone());
-        async move {
-            let opts = etcd_client::PutOptions::new().with_lease(lease);
-            c.put(key.as_str(), "", Some(opts)).await?;
-            c.delete(key.as_str(), None).await?;
-            Ok(())
-        }
-    })
-    .await?;
+    let mut out = time_loop(iterations, || etcd_pair(client.clone(), lease, key.clone())).await?;
     client.lease_revoke(lease).await?;
     out["scenario"] = json!("floor");
     out["operations"] = json!("put-with-lease + delete");
@@ -265,6 +288,59 @@ pub async fn zk_floor(endpoint: &str, iterations: usize) -> BResult<Value> {
     })
     .await?;
     out["scenario"] = json!("floor");
+    out["operations"] = json!("create-ephemeral + delete");
+    Ok(out)
+}
+
+/// The per-entity floor, etcd: `shape.tasks` tasks over `shape.clients` clients (a lease
+/// each), each looping put-with-lease + delete of its own key: the raw writes of a lock
+/// at the scenario's concurrency, without any lock's reads, watches or queue.
+pub async fn etcd_floor_concurrent(endpoint: &str, shape: PerEntity) -> BResult<Value> {
+    let mut clients = Vec::with_capacity(shape.clients);
+    for _ in 0..shape.clients {
+        let mut c = etcd_client::Client::connect(members(endpoint), None).await?;
+        let lease = c.lease_grant(TTL.as_secs() as i64, None).await?.id();
+        clients.push((c, lease));
+    }
+    let clients = Arc::new(clients);
+    let pid = std::process::id();
+    let cs = clients.clone();
+    let (elapsed, pairs, samples) = timed_tasks(shape.tasks, shape.seconds, move |task, _| {
+        let (c, lease) = cs[task % cs.len()].clone();
+        etcd_pair(c, lease, format!("floor-{pid}-{task}"))
+    })
+    .await?;
+    for (c, lease) in clients.iter() {
+        c.clone().lease_revoke(*lease).await?;
+    }
+    let mut out = shape.result(elapsed, pairs, samples);
+    out["operations"] = json!("put-with-lease + delete");
+    Ok(out)
+}
+
+/// The per-entity floor, ZooKeeper: `shape.tasks` tasks over `shape.clients` sessions,
+/// each looping create-ephemeral + delete of its own node.
+pub async fn zk_floor_concurrent(endpoint: &str, shape: PerEntity) -> BResult<Value> {
+    use zookeeper_client::{Acls, CreateMode};
+    let mut clients = Vec::with_capacity(shape.clients);
+    for _ in 0..shape.clients {
+        clients.push(zk_connect(endpoint).await?);
+    }
+    let clients = Arc::new(clients);
+    let pid = std::process::id();
+    let cs = clients.clone();
+    let (elapsed, pairs, samples) = timed_tasks(shape.tasks, shape.seconds, move |task, _| {
+        let c = cs[task % cs.len()].clone();
+        let path = format!("/floor-{pid}-{task}");
+        async move {
+            let opts = CreateMode::Ephemeral.with_acls(Acls::anyone_all());
+            c.create(&path, b"", &opts).await?;
+            c.delete(&path, None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let mut out = shape.result(elapsed, pairs, samples);
     out["operations"] = json!("create-ephemeral + delete");
     Ok(out)
 }

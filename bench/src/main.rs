@@ -37,14 +37,26 @@ enum Command {
         backend: String,
         /// `host:port`.
         endpoint: String,
-        /// `floor`, `uncontended`, `contended`, `herd` or `footprint`.
+        /// `floor`, `uncontended`, `contended`, `herd`, `footprint` or `per-entity`.
         scenario: String,
-        /// Iterations, contenders, waiters or locks; `contended` also takes seconds.
+        /// Iterations, contenders, waiters or locks; `contended` also takes seconds;
+        /// `herd` also `shared` (default) or `own`; `per-entity` takes
+        /// `NAMES TASKS CLIENTS SECONDS` (also for the `floor` implementation).
         args: Vec<String>,
     },
 }
 
+/// With feature `dhat-heap` every allocation goes through dhat, so that the herd can
+/// report heap bytes per waiter (scripts/profile).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> BResult<()> {
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(format!("dhat-heap-{}.json", std::process::id()))
+        .build();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,6 +92,17 @@ async fn harness(
     scenario: &str,
     args: &[String],
 ) -> BResult<serde_json::Value> {
+    if scenario == "per-entity" {
+        let shape = scenario::PerEntity::parse(args)?;
+        if implementation == "floor" {
+            return match backend {
+                "etcd" => impls::etcd_floor_concurrent(endpoint, shape).await,
+                _ => impls::zk_floor_concurrent(endpoint, shape).await,
+            };
+        }
+        let factory = factory(implementation, backend, endpoint).await?;
+        return scenario::per_entity(factory.as_ref(), shape).await;
+    }
     let n: usize = args
         .first()
         .ok_or("missing count argument")?
@@ -91,12 +114,7 @@ async fn harness(
             _ => impls::zk_floor(endpoint, n).await,
         };
     }
-    let factory: Box<dyn scenario::Factory> = match (implementation, backend) {
-        ("queuelock", _) => Box::new(impls::QueueLock::new(backend, endpoint).await?),
-        ("etcd-client", "etcd") => Box::new(impls::EtcdClientLock::new(endpoint).await?),
-        ("zookeeper-client", "zookeeper") => Box::new(impls::ZkClientLock::new(endpoint)),
-        _ => return Err(format!("no implementation {implementation} on {backend}").into()),
-    };
+    let factory = factory(implementation, backend, endpoint).await?;
     let f = factory.as_ref();
     match scenario {
         "uncontended" => scenario::uncontended(f, n).await,
@@ -104,8 +122,30 @@ async fn harness(
             let secs: f64 = args.get(1).map_or(Ok(3.0), |s| s.parse())?;
             scenario::contended(f, n, secs).await
         }
-        "herd" => scenario::herd(f, n).await,
+        "herd" => {
+            let own = match args.get(1).map(String::as_str) {
+                None | Some("shared") => false,
+                Some("own") => true,
+                Some(other) => {
+                    return Err(format!("herd: expected shared or own, got {other:?}").into())
+                }
+            };
+            scenario::herd(f, n, own).await
+        }
         "footprint" => scenario::footprint(f, n).await,
         other => Err(format!("unknown scenario {other}").into()),
     }
+}
+
+async fn factory(
+    implementation: &str,
+    backend: &str,
+    endpoint: &str,
+) -> BResult<Box<dyn scenario::Factory>> {
+    Ok(match (implementation, backend) {
+        ("queuelock", _) => Box::new(impls::QueueLock::new(backend, endpoint).await?),
+        ("etcd-client", "etcd") => Box::new(impls::EtcdClientLock::new(endpoint).await?),
+        ("zookeeper-client", "zookeeper") => Box::new(impls::ZkClientLock::new(endpoint)),
+        _ => return Err(format!("no implementation {implementation} on {backend}").into()),
+    })
 }

@@ -11,9 +11,10 @@ use crate::scenario::BResult;
 pub fn write(dir: &Path, doc: &Value) -> BResult<()> {
     std::fs::create_dir_all(dir)?;
     let base = format!(
-        "{}-{}",
+        "{}-{}{}",
         doc["date"].as_str().unwrap_or("undated"),
-        doc["backend"].as_str().unwrap_or("backend")
+        doc["backend"].as_str().unwrap_or("backend"),
+        doc["file_suffix"].as_str().unwrap_or("")
     );
     let json_path = dir.join(format!("{base}.json"));
     std::fs::write(&json_path, format!("{doc:#}\n"))?;
@@ -41,6 +42,18 @@ fn find<'a>(doc: &'a Value, imp: &str, scenario: &str, n: Option<u64>) -> Option
             && r["scenario"] == scenario
             && n.map_or(true, |n| r["contenders"].as_u64() == Some(n))
     })
+}
+
+/// The herd of `imp` with a connection per waiter (`own`) or as the harness shares them.
+fn find_herd<'a>(doc: &'a Value, imp: &str, own: bool) -> Option<&'a Value> {
+    results(doc)
+        .iter()
+        .find(|r| r["impl"] == imp && r["scenario"] == "herd" && (r["connections"] == "own") == own)
+}
+
+/// ", CPU 123 µs/grant" when the run measured the client's CPU.
+fn cpu(r: &Value) -> String {
+    num(&r["cpu_us_per_grant"]).map_or(String::new(), |c| format!(", CPU {c:.0} µs/grant"))
 }
 
 /// Implementation names in run order, without the floor.
@@ -99,7 +112,7 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     // moment), so that load on a shared machine does not flatter the implementations.
     let floors: Vec<&Value> = results(doc)
         .iter()
-        .filter(|r| r["impl"] == "floor" && r.get("error").is_none())
+        .filter(|r| r["impl"] == "floor" && r["scenario"] == "floor" && r.get("error").is_none())
         .collect();
     let floor_p50 = floors
         .iter()
@@ -120,10 +133,11 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "### {} — {} ({} run, {})\n",
+        "### {} — {} ({} run, {}: {})\n",
         doc["server"].as_str().unwrap_or("?"),
         doc["date"].as_str().unwrap_or("?"),
         doc["mode"].as_str().unwrap_or("?"),
+        doc["topology"].as_str().unwrap_or("single member"),
         doc["settings"].as_str().unwrap_or(""),
     );
     let _ = writeln!(md, "Machine: {}.", doc["machine"].as_str().unwrap_or("?"));
@@ -135,7 +149,13 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         "Bench run took {:.0} s for this backend.\n",
         num(&doc["bench_seconds"]).unwrap_or(0.0)
     );
+    let entity_floor = results(doc)
+        .iter()
+        .find(|r| r["impl"] == "floor" && r["scenario"] == "per-entity");
     for f in &floors {
+        if f["scenario"] == "per-entity" {
+            continue;
+        }
         let _ = writeln!(
             md,
             "**Floor**, measured {} ({}, same Rust client): p50 {} / p99 {} / max {} ms, {} pairs/s.\n",
@@ -147,6 +167,30 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
             num(&f["ops_per_s"]).map_or("?".into(), fmt_int),
         );
     }
+    let e = &doc["plan"]["per_entity"];
+    let entity_label = format!(
+        "per-entity locks ({} names, {} tasks over {} clients)",
+        fmt_int(num(&e["names"]).unwrap_or(0.0)),
+        e["tasks"],
+        e["clients"]
+    );
+    if let Some(f) = entity_floor {
+        if let Some(err) = f["error"].as_str() {
+            let _ = writeln!(md, "**Floor at {entity_label}** failed: {err}\n");
+        } else {
+            let _ = writeln!(
+                md,
+                "**Floor at {entity_label}** (each task: {} of its own key, raw ops): {} pairs/s, \
+                 pair p50 {} / p99 {} ms{}.\n",
+                f["operations"].as_str().unwrap_or("raw write pair"),
+                num(&f["grants_per_s"]).map_or("?".into(), fmt_int),
+                fmt_ms(&f["acquire_p50_ms"]),
+                fmt_ms(&f["acquire_p99_ms"]),
+                cpu(f).replace("grant", "pair"),
+            );
+        }
+    }
+    let entity_rate = entity_floor.and_then(|f| num(&f["grants_per_s"]));
     let _ = write!(md, "| scenario |");
     for n in &names {
         let _ = write!(md, " {n} |");
@@ -156,21 +200,27 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         let _ = write!(md, "---|");
     }
     md.push('\n');
+    // A row nobody ran (e.g. the herd in a cluster run) is left out.
     let mut row = |label: String, f: &dyn Fn(&str) -> String| {
+        let cells: Vec<String> = names.iter().map(|n| f(n)).collect();
+        if cells.iter().all(|c| c == "–") {
+            return;
+        }
         let _ = write!(md, "| {label} |");
-        for n in &names {
-            let _ = write!(md, " {} |", f(n));
+        for c in cells {
+            let _ = write!(md, " {c} |");
         }
         md.push('\n');
     };
     row("uncontended lock+release p50 / p99 / max ms".into(), &|n| {
         cell(find(doc, n, "uncontended", None), |r| {
             Some(format!(
-                "{} / {} / {}{}",
+                "{} / {} / {}{}{}",
                 fmt_ms(&r["p50_ms"]),
                 fmt_ms(&r["p99_ms"]),
                 fmt_ms(&r["max_ms"]),
-                ratio_ms(num(&r["p50_ms"]))
+                ratio_ms(num(&r["p50_ms"])),
+                cpu(r)
             ))
         })
     });
@@ -186,7 +236,12 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
                     let rate = num(&r["grants_per_s"])?;
                     let fair = num(&r["fairness"])
                         .map_or("∞: a contender got 0".into(), |f| format!("{f:.2}"));
-                    Some(format!("{}{} ({fair})", fmt_int(rate), ratio_rate(rate)))
+                    Some(format!(
+                        "{}{} ({fair}){}",
+                        fmt_int(rate),
+                        ratio_rate(rate),
+                        cpu(r)
+                    ))
                 })
             },
         );
@@ -205,11 +260,30 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
             })
         });
     }
+    row(
+        format!("{entity_label}: grants/s (acquire p50 / p99 ms)"),
+        &|n| {
+            cell(find(doc, n, "per-entity", None), |r| {
+                let rate = num(&r["grants_per_s"])?;
+                let vs = match entity_rate {
+                    Some(f) if f > 0.0 => format!(" ({:.2}× its floor)", rate / f),
+                    _ => String::new(),
+                };
+                Some(format!(
+                    "{}{vs} ({} / {}){}",
+                    fmt_int(rate),
+                    fmt_ms(&r["acquire_p50_ms"]),
+                    fmt_ms(&r["acquire_p99_ms"]),
+                    cpu(r)
+                ))
+            })
+        },
+    );
     let herd = doc["plan"]["herd_waiters"].as_u64().unwrap_or(0);
     row(
         format!("herd, {herd} waiters: notifications per release (server count)"),
         &|n| {
-            cell(find(doc, n, "herd", None), |r| {
+            cell(find_herd(doc, n, false), |r| {
                 let mut s = format!("{:.2}", num(&r["notifications_per_release"])?);
                 if let Some(w) = r["client_wakeups"].as_u64() {
                     let rel = num(&r["releases"]).unwrap_or(1.0);
@@ -220,15 +294,35 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         },
     );
     row(format!("herd, {herd} waiters: drain time s"), &|n| {
-        cell(find(doc, n, "herd", None), |r| {
+        cell(find_herd(doc, n, false), |r| {
             Some(format!("{:.2}", num(&r["drain_s"])?))
         })
     });
     row(
-        "client memory per waiting contender, KiB RSS".into(),
+        "client memory per waiting contender, KiB RSS (as the harness shares connections)".into(),
         &|n| {
-            cell(find(doc, n, "herd", None), |r| {
+            cell(find_herd(doc, n, false), |r| {
                 Some(format!("{:.0}", num(&r["rss_kib_per_waiter"])?))
+            })
+        },
+    );
+    row(
+        "client memory per waiting contender, KiB RSS, one connection per waiter".into(),
+        &|n| {
+            cell(find_herd(doc, n, true), |r| {
+                Some(format!(
+                    "{:.0} (drain {:.2} s)",
+                    num(&r["rss_kib_per_waiter"])?,
+                    num(&r["drain_s"]).unwrap_or(0.0)
+                ))
+            })
+        },
+    );
+    row(
+        "how the herd's waiting contenders share connections".into(),
+        &|n| {
+            cell(find_herd(doc, n, false), |r| {
+                Some(r["sharing"].as_str()?.to_owned())
             })
         },
     );
@@ -253,7 +347,8 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         "\n“n/m”: not measurable for this implementation; “–”: not run. Ratios are to the \
          better floor: its p50 (latencies) or pairs/s (throughput; contended grants can beat \
          it because many sessions keep the server busy at once, while the floor is one \
-         client's sequential round trips)."
+         client's sequential round trips). CPU: {}.",
+        doc["cpu_method"].as_str().unwrap_or("not measured")
     );
     footnotes(&mut md, doc, "error", "¹ Failures");
     footnotes(&mut md, doc, "note", "² Notes");

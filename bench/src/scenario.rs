@@ -43,6 +43,16 @@ pub trait Factory: Send + Sync {
     fn client_wakeups(&self) -> Option<u64> {
         None
     }
+    /// How the herd's waiting contenders share connections (for the memory row), with
+    /// `own` the connection-per-contender mode of [`herd`].
+    fn sharing(&self, own: bool) -> &'static str;
+}
+
+/// Marks the start or the end of the measured window on stdout (`{"window": "start"}`):
+/// the driver reads the process's CPU time (`/proc/<pid>/stat`) at each mark, so that the
+/// client CPU per grant leaves out start-up and clean-up. Every harness prints the same.
+pub fn window(mark: &str) {
+    println!("{}", json!({ "window": mark }));
 }
 
 /// p50, p99 and max of `samples` (milliseconds), as JSON fields with `prefix`.
@@ -86,6 +96,7 @@ where
         op().await?;
     }
     let mut samples = Vec::with_capacity(iterations);
+    window("start");
     let started = Instant::now();
     for _ in 0..iterations {
         let t = Instant::now();
@@ -93,6 +104,7 @@ where
         samples.push(ms(t.elapsed()));
     }
     let elapsed = started.elapsed().as_secs_f64();
+    window("end");
     let mut out = percentiles("", &mut samples);
     out.insert("count".into(), json!(iterations));
     out.insert(
@@ -138,6 +150,7 @@ pub async fn contended(factory: &dyn Factory, contenders: usize, seconds: f64) -
     }
     let stop = Arc::new(AtomicBool::new(false));
     let last: Arc<StdMutex<Option<LastRelease>>> = Arc::new(StdMutex::new(None));
+    window("start");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (id, l) in lockers.iter().enumerate() {
@@ -176,6 +189,7 @@ pub async fn contended(factory: &dyn Factory, contenders: usize, seconds: f64) -
         handoffs.extend(h);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    window("end");
     for l in &lockers {
         l.close().await?;
     }
@@ -217,19 +231,39 @@ pub fn rss_kib() -> Option<u64> {
         .ok()
 }
 
+/// Bytes currently allocated on the heap, when the harness runs under dhat (feature
+/// `dhat-heap`); `None` otherwise.
+pub fn heap_bytes() -> Option<u64> {
+    #[cfg(feature = "dhat-heap")]
+    {
+        Some(dhat::HeapStats::get().curr_bytes as u64)
+    }
+    #[cfg(not(feature = "dhat-heap"))]
+    {
+        None
+    }
+}
+
 /// Scenario 5 (and the memory half of 6): one holder, `waiters` sessions queued behind it;
 /// the holder releases and every waiter releases as soon as it is granted. Reports the
 /// drain time (holder's release to the last waiter's release) and the client memory per
 /// waiting contender (RSS delta). Notifications are counted on the server by the driver.
-pub async fn herd(factory: &dyn Factory, waiters: usize) -> BResult<Value> {
-    let name = lock_name("herd");
+/// `own`: every waiter opens its own connection ([`Factory::connect`]) instead of a
+/// session on the process's shared one ([`Factory::connect_shared`]).
+pub async fn herd(factory: &dyn Factory, waiters: usize, own: bool) -> BResult<Value> {
+    let name = lock_name(if own { "herd-own" } else { "herd" });
     let holder = factory.connect_shared().await?;
     let held = holder.lock(&name).await?;
     let rss_before = rss_kib();
+    let heap_before = heap_bytes();
     let enqueue_started = Instant::now();
     let mut lockers = Vec::with_capacity(waiters);
     for _ in 0..waiters {
-        lockers.push(factory.connect_shared().await?);
+        lockers.push(if own {
+            factory.connect().await?
+        } else {
+            factory.connect_shared().await?
+        });
     }
     let (called_tx, mut called_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
@@ -249,6 +283,7 @@ pub async fn herd(factory: &dyn Factory, waiters: usize) -> BResult<Value> {
     tokio::time::sleep(Duration::from_millis(500 + waiters as u64 * 2)).await;
     let enqueue_s = enqueue_started.elapsed().as_secs_f64();
     let rss_after = rss_kib();
+    let heap_after = heap_bytes();
     let wakeups_before = factory.client_wakeups();
     let released_at = Instant::now();
     held.release().await?;
@@ -263,10 +298,21 @@ pub async fn herd(factory: &dyn Factory, waiters: usize) -> BResult<Value> {
     out.insert("releases".into(), json!(waiters + 1));
     out.insert("drain_s".into(), json!(round3(drain_s)));
     out.insert("enqueue_s".into(), json!(round3(enqueue_s)));
+    out.insert(
+        "connections".into(),
+        json!(if own { "own" } else { "shared" }),
+    );
+    out.insert("sharing".into(), json!(factory.sharing(own)));
     if let (Some(a), Some(b)) = (rss_before, rss_after) {
         out.insert(
             "rss_kib_per_waiter".into(),
             json!(round3(b.saturating_sub(a) as f64 / waiters as f64)),
+        );
+    }
+    if let (Some(a), Some(b)) = (heap_before, heap_after) {
+        out.insert(
+            "heap_kib_per_waiter".into(),
+            json!(round3(b.saturating_sub(a) as f64 / 1024.0 / waiters as f64)),
         );
     }
     if let (Some(a), Some(b)) = (wakeups_before, factory.client_wakeups()) {
@@ -277,6 +323,155 @@ pub async fn herd(factory: &dyn Factory, waiters: usize) -> BResult<Value> {
     }
     holder.close().await?;
     Ok(Value::Object(out))
+}
+
+/// A small, fast pseudo-random generator (xorshift64*) for picking names: uniform enough
+/// for a benchmark, no dependency, and a different stream per task.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded from `seed` (any value; 0 is remapped).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A number in `0..n` (`n` > 0; the modulo bias is below 1e-15 for the sizes used).
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n as u64) as usize
+    }
+}
+
+/// The shape of a per-entity run: `tasks` concurrent tasks over `clients` clients, each
+/// looping on a uniformly random one of `names` names for `seconds`.
+#[derive(Clone, Copy)]
+pub struct PerEntity {
+    /// Distinct lock names.
+    pub names: usize,
+    /// Concurrent tasks.
+    pub tasks: usize,
+    /// Clients (sessions/connections); task `i` uses client `i % clients`.
+    pub clients: usize,
+    /// Measured duration.
+    pub seconds: f64,
+}
+
+impl PerEntity {
+    /// Parses `NAMES TASKS CLIENTS SECONDS` (the harness command line).
+    pub fn parse(args: &[String]) -> BResult<Self> {
+        let get = |i: usize, what: &str| -> BResult<&String> {
+            args.get(i).ok_or_else(|| {
+                format!("per-entity: missing {what} (NAMES TASKS CLIENTS SECONDS)").into()
+            })
+        };
+        let count = |i: usize, what: &str| -> BResult<usize> {
+            let n: usize = get(i, what)?
+                .parse()
+                .map_err(|e| format!("per-entity: bad {what}: {e}"))?;
+            if n == 0 {
+                return Err(format!("per-entity: {what} must be at least 1").into());
+            }
+            Ok(n)
+        };
+        let seconds: f64 = get(3, "SECONDS")?
+            .parse()
+            .map_err(|e| format!("per-entity: bad SECONDS: {e}"))?;
+        if !(seconds > 0.0 && seconds.is_finite()) {
+            return Err("per-entity: SECONDS must be positive".into());
+        }
+        Ok(PerEntity {
+            names: count(0, "NAMES")?,
+            tasks: count(1, "TASKS")?,
+            clients: count(2, "CLIENTS")?,
+            seconds,
+        })
+    }
+
+    /// The result document of a run (shared by the locks and the floor).
+    pub fn result(&self, elapsed: f64, ops: u64, mut latencies: Vec<f64>) -> Value {
+        let mut out = serde_json::Map::new();
+        out.insert("scenario".into(), json!("per-entity"));
+        out.insert("names".into(), json!(self.names));
+        out.insert("tasks".into(), json!(self.tasks));
+        out.insert("clients".into(), json!(self.clients));
+        out.insert("seconds".into(), json!(round3(elapsed)));
+        out.insert("grants".into(), json!(ops));
+        out.insert("grants_per_s".into(), json!(round3(ops as f64 / elapsed)));
+        out.extend(percentiles("acquire_", &mut latencies));
+        Value::Object(out)
+    }
+}
+
+/// Runs `tasks` copies of `op(task, rng)` concurrently for `seconds`, timing each call:
+/// the loop of the per-entity scenario and of its floor. Returns the elapsed seconds, the
+/// calls made and every call's latency (ms).
+pub async fn timed_tasks<F, Fut>(tasks: usize, seconds: f64, op: F) -> BResult<(f64, u64, Vec<f64>)>
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = BResult<()>> + Send,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    window("start");
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(tasks);
+    for task in 0..tasks {
+        let (op, stop) = (op.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            let mut rng = Rng::new(std::process::id() as u64 * 1_000_003 + task as u64);
+            let mut samples = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let pick = rng.below(usize::MAX);
+                let t = Instant::now();
+                op(task, pick).await?;
+                samples.push(ms(t.elapsed()));
+            }
+            Ok::<_, BoxError>(samples)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    window("end");
+    let n = all.len() as u64;
+    Ok((elapsed, n, all))
+}
+
+/// Per-entity locks: `shape.tasks` tasks over `shape.clients` sessions, each looping
+/// acquire -> release on a uniformly random one of `shape.names` names. Grants per second
+/// and acquire latency (the lock call; the release is not in it).
+pub async fn per_entity(factory: &dyn Factory, shape: PerEntity) -> BResult<Value> {
+    let prefix = lock_name("entity");
+    let mut lockers = Vec::with_capacity(shape.clients);
+    for _ in 0..shape.clients {
+        lockers.push(factory.connect().await?);
+    }
+    let lockers = Arc::new(lockers);
+    let acquire_ms = Arc::new(StdMutex::new(Vec::new()));
+    let (l, a, p) = (lockers.clone(), acquire_ms.clone(), prefix.clone());
+    let (elapsed, grants, _) = timed_tasks(shape.tasks, shape.seconds, move |task, pick| {
+        let (l, a) = (l[task % l.len()].clone(), a.clone());
+        let name = format!("{p}/e{}", pick % shape.names);
+        async move {
+            let t = Instant::now();
+            let held = l.lock(&name).await?;
+            let waited = ms(t.elapsed());
+            a.lock().unwrap_or_else(|p| p.into_inner()).push(waited);
+            held.release().await
+        }
+    })
+    .await?;
+    for l in lockers.iter() {
+        l.close().await?;
+    }
+    let samples = std::mem::take(&mut *acquire_ms.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(shape.result(elapsed, grants, samples))
 }
 
 /// Scenario 6 (sessions half): one client takes `locks` different locks and holds them;

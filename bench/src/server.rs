@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::impls::members;
 use crate::scenario::BResult;
 
 fn exchange(endpoint: &str, request: &[u8]) -> BResult<String> {
@@ -40,8 +41,9 @@ fn zk_mntr(endpoint: &str, key: &str) -> BResult<f64> {
         .ok_or_else(|| format!("mntr has no {key}").into())
 }
 
-/// The server's version string.
+/// The server's version string (of the first member of a cluster).
 pub fn version(backend: &str, endpoint: &str) -> BResult<String> {
+    let endpoint = members(endpoint)[0];
     if backend == "etcd" {
         let body = http_get(endpoint, "/version")?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -57,10 +59,18 @@ pub fn version(backend: &str, endpoint: &str) -> BResult<String> {
     }
 }
 
-/// Watch notifications the server has delivered so far: etcd's
+/// Watch notifications the server (every member of a cluster, summed) has delivered so
+/// far: etcd's
 /// `etcd_debugging_mvcc_events_total` (events sent to watchers), ZooKeeper's sum of
 /// watchers triggered by node creations, deletions, data and children changes (`mntr`).
 pub fn notifications(backend: &str, endpoint: &str) -> BResult<f64> {
+    members(endpoint)
+        .into_iter()
+        .map(|m| member_notifications(backend, m))
+        .sum()
+}
+
+fn member_notifications(backend: &str, endpoint: &str) -> BResult<f64> {
     if backend == "etcd" {
         let body = http_get(endpoint, "/metrics")?;
         body.lines()
@@ -85,10 +95,14 @@ pub fn notifications(backend: &str, endpoint: &str) -> BResult<f64> {
 /// behind by earlier runs expire.
 pub async fn sessions(backend: &str, endpoint: &str) -> BResult<std::collections::HashSet<i64>> {
     if backend == "etcd" {
-        let mut c = etcd_client::Client::connect([endpoint], None).await?;
+        // Leases are cluster-wide: any member answers for all.
+        let mut c = etcd_client::Client::connect(members(endpoint), None).await?;
         Ok(c.leases().await?.leases().iter().map(|l| l.id()).collect())
     } else {
-        let n = (zk_mntr(endpoint, "zk_num_alive_connections")? as i64).saturating_sub(1);
+        let mut n = 0;
+        for m in members(endpoint) {
+            n += (zk_mntr(m, "zk_num_alive_connections")? as i64).saturating_sub(1);
+        }
         Ok((0..n).collect())
     }
 }

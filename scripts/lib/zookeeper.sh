@@ -51,20 +51,40 @@ zk_alive() {
   [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z ' "/proc/$1/stat" 2>/dev/null
 }
 
-# zk_start: starts ZooKeeper and exports QUEUELOCK_TEST_ZK=127.0.0.1:PORT; ZK_PID and
-# ZK_DIR (config, data, zookeeper.log) are for zk_stop. tickTime 200 ms lets tests use
-# session timeouts from 400 ms; empty container nodes are reaped every second (instead
-# of every minute) so that tests can watch it happen.
+# zk_start [MEMBERS]: starts ZooKeeper standalone (default) or a MEMBERS-server ensemble
+# on 127.0.0.1 and exports QUEUELOCK_TEST_ZK=127.0.0.1:PORT (with several servers: their
+# client addresses, comma-separated, a ZooKeeper connect string). ZK_PIDS and ZK_DIR
+# (per server: config, data, zookeeper.log) are for zk_stop. forceSync stays at its
+# default (yes). tickTime 200 ms lets tests use session timeouts from 400 ms; empty
+# container nodes are reaped every second (instead of every minute) so that tests can
+# watch it happen.
 zk_start() {
+  local members=${1:-1}
   ZK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/queuelock-zk.XXXXXX")
-  local port
-  port=$(ql_free_port)
-  mkdir -p "$ZK_DIR/data"
-  cat >"$ZK_DIR/zoo.cfg" <<CFG
+  ZK_PIDS=()
+  local i ports=() quorum=() servers="" connect=""
+  for i in $(seq 1 "$members"); do
+    ports+=("$(ql_free_port)")
+    [ "$members" -gt 1 ] && quorum+=("$(ql_free_port):$(ql_free_port)")
+  done
+  if [ "$members" -gt 1 ]; then
+    for i in $(seq 1 "$members"); do servers+="server.$i=127.0.0.1:${quorum[$((i - 1))]}"$'\n'; done
+  fi
+  local cp="/etc/zookeeper/conf:$ZK_JAR"
+  # A logging binding (zookeeper.jar brings slf4j-api only), so the log says something.
+  [ -f /usr/share/java/slf4j-simple.jar ] && cp="$cp:/usr/share/java/slf4j-simple.jar"
+  local dir port
+  for i in $(seq 1 "$members"); do
+    dir="$ZK_DIR"; [ "$members" -gt 1 ] && dir="$ZK_DIR/s$i"
+    port=${ports[$((i - 1))]}
+    connect+="${connect:+,}127.0.0.1:$port"
+    mkdir -p "$dir/data"
+    [ "$members" -gt 1 ] && echo "$i" >"$dir/data/myid"
+    cat >"$dir/zoo.cfg" <<CFG
 tickTime=200
 initLimit=20
 syncLimit=10
-dataDir=$ZK_DIR/data
+dataDir=$dir/data
 clientPort=$port
 clientPortAddress=127.0.0.1
 admin.enableServer=false
@@ -72,46 +92,55 @@ admin.enableServer=false
 minSessionTimeout=400
 maxSessionTimeout=60000
 maxClientCnxns=0
+$servers
 CFG
-  local cp="/etc/zookeeper/conf:$ZK_JAR"
-  # A logging binding (zookeeper.jar brings slf4j-api only), so the log says something.
-  [ -f /usr/share/java/slf4j-simple.jar ] && cp="$cp:/usr/share/java/slf4j-simple.jar"
-  ql_log "starting ZooKeeper on 127.0.0.1:$port (config, data and log in $ZK_DIR)"
-  java -Xmx512m -cp "$cp" \
-    -Dzookeeper.log.dir="$ZK_DIR" \
-    -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
-    -Dznode.container.checkIntervalMs=1000 \
-    org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZK_DIR/zoo.cfg" >"$ZK_DIR/zookeeper.log" 2>&1 &
-  ZK_PID=$!
-  local i
-  for i in $(seq 1 150); do
-    if [ "$(zk_4lw "$port" ruok)" = "imok" ] && zk_4lw "$port" srvr | grep -q '^Mode: standalone'; then
-      export QUEUELOCK_TEST_ZK="127.0.0.1:$port"
+    ql_log "starting ZooKeeper server $i of $members on 127.0.0.1:$port (config, data and log in $dir)"
+    java -Xmx512m -cp "$cp" \
+      -Dzookeeper.log.dir="$dir" \
+      -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
+      -Dznode.container.checkIntervalMs=1000 \
+      org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zookeeper.log" 2>&1 &
+    ZK_PIDS+=($!)
+  done
+  # The old single-server name, for callers that look at one process.
+  ZK_PID=${ZK_PIDS[0]}
+  local want='^Mode: standalone' try ok pid
+  [ "$members" -gt 1 ] && want='^Mode: (leader|follower)'
+  for try in $(seq 1 250); do
+    ok=1
+    for port in "${ports[@]}"; do
+      if [ "$(zk_4lw "$port" ruok)" != "imok" ] || ! zk_4lw "$port" srvr | grep -Eq "$want"; then ok=0; break; fi
+    done
+    if [ "$ok" = 1 ]; then
+      export QUEUELOCK_TEST_ZK="$connect"
       return 0
     fi
-    zk_alive "$ZK_PID" || break
+    for pid in "${ZK_PIDS[@]}"; do zk_alive "$pid" || ok=dead; done
+    [ "$ok" = dead ] && break
     sleep 0.2
   done
-  echo "ZooKeeper did not start on 127.0.0.1:$port; its log:" >&2
-  tail -n 30 "$ZK_DIR/zookeeper.log" >&2
+  echo "ZooKeeper did not start on $connect; its logs:" >&2
+  find "$ZK_DIR" -name zookeeper.log -exec tail -n 30 {} + >&2
   zk_stop
   return 1
 }
 
-# zk_stop: stops the server started by zk_start (waits for it to exit; SIGKILL after 10 s)
-# and removes its directory.
+# zk_stop: stops the servers started by zk_start (waits for each to exit; SIGKILL after
+# 10 s) and removes their directory.
 zk_stop() {
-  if [ -n "${ZK_PID:-}" ]; then
-    kill "$ZK_PID" 2>/dev/null || true
-    local i
+  local pid i
+  for pid in "${ZK_PIDS[@]:-${ZK_PID:-}}"; do
+    [ -n "$pid" ] || continue
+    kill "$pid" 2>/dev/null || true
     for i in $(seq 1 100); do
-      zk_alive "$ZK_PID" || break
+      zk_alive "$pid" || break
       sleep 0.1
     done
-    kill -9 "$ZK_PID" 2>/dev/null || true
-    wait "$ZK_PID" 2>/dev/null || true
-    ZK_PID=
-  fi
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  ZK_PIDS=()
+  ZK_PID=
   if [ -n "${ZK_DIR:-}" ]; then rm -rf "$ZK_DIR"; fi
   ZK_DIR=
   unset QUEUELOCK_TEST_ZK

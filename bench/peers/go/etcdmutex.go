@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand"
 	"os"
 	"sort"
 	"strconv"
@@ -34,8 +35,14 @@ func die(err error) {
 	os.Exit(1)
 }
 
+// window marks the start or end of the measured loop for the driver's CPU reading.
+func window(mark string) {
+	fmt.Printf("{\"window\": \"%s\"}\n", mark)
+}
+
 func newClient() *clientv3.Client {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 10 * time.Second})
+	// ENDPOINT may list several members, comma-separated (scripts/bench --cluster).
+	cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(endpoint, ","), DialTimeout: 10 * time.Second})
 	if err != nil {
 		die(err)
 	}
@@ -104,6 +111,7 @@ func uncontended(n int) map[string]interface{} {
 		lockRelease(ctx, m)
 	}
 	samples := make([]float64, 0, n)
+	window("start")
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		t := time.Now()
@@ -111,11 +119,30 @@ func uncontended(n int) map[string]interface{} {
 		samples = append(samples, ms(time.Since(t)))
 	}
 	elapsed := time.Since(start).Seconds()
+	window("end")
 	s.Close()
 	cli.Close()
 	out := map[string]interface{}{"scenario": "uncontended", "count": n, "ops_per_s": round3(float64(n) / elapsed)}
 	pct(out, "", samples)
 	return out
+}
+
+// runFor lets the loops run for seconds, stops them, waits for them and marks the end of
+// the measured window; returns the seconds since start.
+func runFor(seconds float64, stop *int32, wg *sync.WaitGroup, start time.Time) float64 {
+	time.Sleep(time.Duration(seconds * float64(time.Second)))
+	atomic.StoreInt32(stop, 1)
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	window("end")
+	return elapsed
+}
+
+func closeAll(sessions []*concurrency.Session, clients []*clientv3.Client) {
+	for i := range sessions {
+		sessions[i].Close()
+		clients[i].Close()
+	}
 }
 
 type lastRelease struct {
@@ -141,6 +168,7 @@ func contended(n int, seconds float64) map[string]interface{} {
 	per := make([]int, n)
 	var waits, handoffs []float64
 	var wg sync.WaitGroup
+	window("start")
 	start := time.Now()
 	for i := range mutexes {
 		wg.Add(1)
@@ -167,14 +195,8 @@ func contended(n int, seconds float64) map[string]interface{} {
 			}
 		}(i)
 	}
-	time.Sleep(time.Duration(seconds * float64(time.Second)))
-	atomic.StoreInt32(&stop, 1)
-	wg.Wait()
-	elapsed := time.Since(start).Seconds()
-	for i := range sessions {
-		sessions[i].Close()
-		clients[i].Close()
-	}
+	elapsed := runFor(seconds, &stop, &wg, start)
+	closeAll(sessions, clients)
 	total, max, min := 0, 0, math.MaxInt32
 	for _, g := range per {
 		total += g
@@ -243,6 +265,7 @@ func herd(n int) map[string]interface{} {
 		"scenario": "herd", "waiters": n, "releases": n + 1,
 		"drain_s": round3(lastEnd.Sub(releasedAt).Seconds()), "enqueue_s": round3(enqueue),
 		"rss_kib_per_waiter": round3((rssAfter - rssBefore) / float64(n)),
+		"sharing":            "one clientv3.Client (gRPC connection) for all; a concurrency.Session (lease, keep-alive) per waiter",
 	}
 }
 
@@ -286,6 +309,70 @@ func footprint(n int) map[string]interface{} {
 	return map[string]interface{}{"scenario": "footprint", "locks": n, "acquire_s": round3(acquire)}
 }
 
+// perEntity: tasks goroutines over clients clients (one clientv3.Client and one
+// concurrency.Session each), each looping Lock -> Unlock on a uniformly random one of
+// names mutex names for seconds.
+func perEntity(names, tasks, clients int, seconds float64) map[string]interface{} {
+	ctx := context.Background()
+	prefix := lockName("entity")
+	cls := make([]*clientv3.Client, clients)
+	sessions := make([]*concurrency.Session, clients)
+	for i := range cls {
+		cls[i] = newClient()
+		sessions[i] = newSession(cls[i])
+	}
+	var stop int32
+	var mu sync.Mutex
+	var waits []float64
+	grants := 0
+	var wg sync.WaitGroup
+	window("start")
+	start := time.Now()
+	for t := 0; t < tasks; t++ {
+		wg.Add(1)
+		go func(t int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(os.Getpid())*1000003 + int64(t)))
+			s := sessions[t%clients]
+			var mine []float64
+			for atomic.LoadInt32(&stop) == 0 {
+				m := concurrency.NewMutex(s, fmt.Sprintf("%s/e%d", prefix, rng.Intn(names)))
+				asked := time.Now()
+				if err := m.Lock(ctx); err != nil {
+					die(err)
+				}
+				mine = append(mine, ms(time.Since(asked)))
+				if err := m.Unlock(ctx); err != nil {
+					die(err)
+				}
+			}
+			mu.Lock()
+			waits = append(waits, mine...)
+			grants += len(mine)
+			mu.Unlock()
+		}(t)
+	}
+	elapsed := runFor(seconds, &stop, &wg, start)
+	closeAll(sessions, cls)
+	out := map[string]interface{}{
+		"scenario": "per-entity", "names": names, "tasks": tasks, "clients": clients,
+		"seconds": round3(elapsed), "grants": grants, "grants_per_s": round3(float64(grants) / elapsed),
+	}
+	pct(out, "acquire_", waits)
+	return out
+}
+
+func atoi(i int) int {
+	if len(os.Args) <= i {
+		die(fmt.Errorf("missing argument %d", i))
+	}
+	v, err := strconv.Atoi(os.Args[i])
+	if err != nil {
+		die(err)
+	}
+	return v
+}
+
 func main() {
 	if len(os.Args) < 5 {
 		die(fmt.Errorf("usage: etcdmutex etcd ENDPOINT SCENARIO N [SECONDS]"))
@@ -314,6 +401,15 @@ func main() {
 		out = herd(n)
 	case "footprint":
 		out = footprint(n)
+	case "per-entity":
+		if len(os.Args) < 8 {
+			die(fmt.Errorf("usage: etcdmutex etcd ENDPOINT per-entity NAMES TASKS CLIENTS SECONDS"))
+		}
+		secs, err := strconv.ParseFloat(os.Args[7], 64)
+		if err != nil {
+			die(err)
+		}
+		out = perEntity(n, atoi(5), atoi(6), secs)
 	default:
 		die(fmt.Errorf("unknown scenario %s", os.Args[3]))
 	}

@@ -39,6 +39,12 @@ public final class CuratorBench {
         return c;
     }
 
+    /** Marks the start or end of the measured loop for the driver's CPU reading. */
+    static void window(String mark) {
+        System.out.println("{\"window\": \"" + mark + "\"}");
+        System.out.flush();
+    }
+
     static String lockPath(String scenario) {
         return "/curator-bench/" + scenario + "-" + ProcessHandle.current().pid();
     }
@@ -77,6 +83,7 @@ public final class CuratorBench {
             m.release();
         }
         List<Double> samples = new ArrayList<>();
+        window("start");
         long start = System.nanoTime();
         for (int i = 0; i < n; i++) {
             long t = System.nanoTime();
@@ -85,6 +92,7 @@ public final class CuratorBench {
             samples.add(ms(System.nanoTime() - t));
         }
         double elapsed = (System.nanoTime() - start) / 1e9;
+        window("end");
         c.close();
         Map<String, Object> out = new LinkedHashMap<>();
         out.put("scenario", "uncontended");
@@ -116,6 +124,7 @@ public final class CuratorBench {
         List<Double> handoffs = new ArrayList<>();
         ExecutorService pool = Executors.newFixedThreadPool(n);
         List<Future<?>> tasks = new ArrayList<>();
+        window("start");
         long start = System.nanoTime();
         for (int i = 0; i < n; i++) {
             final int id = i;
@@ -145,6 +154,7 @@ public final class CuratorBench {
             f.get();
         }
         double elapsed = (System.nanoTime() - start) / 1e9;
+        window("end");
         pool.shutdown();
         for (CuratorFramework c : clients) {
             c.close();
@@ -217,6 +227,63 @@ public final class CuratorBench {
         out.put("drain_s", round3((last - releasedAt) / 1e9));
         out.put("enqueue_s", round3(enqueue));
         out.put("rss_kib_per_waiter", round3((rssAfter - rssBefore) / n));
+        out.put("sharing", "a CuratorFramework (ZooKeeper session, own connection) and a thread per waiter");
+        return out;
+    }
+
+    /**
+     * Per-entity locks: TASKS threads over CLIENTS CuratorFrameworks, each looping
+     * acquire -> release of an InterProcessMutex on a uniformly random one of NAMES paths.
+     */
+    static Map<String, Object> perEntity(int names, int tasks, int clients, double seconds) throws Exception {
+        String prefix = lockPath("entity");
+        List<CuratorFramework> cs = new ArrayList<>();
+        for (int i = 0; i < clients; i++) {
+            cs.add(connect());
+        }
+        AtomicBoolean stop = new AtomicBoolean();
+        List<Double> waits = Collections.synchronizedList(new ArrayList<>());
+        ExecutorService pool = Executors.newFixedThreadPool(tasks);
+        List<Future<?>> fs = new ArrayList<>();
+        window("start");
+        long start = System.nanoTime();
+        for (int t = 0; t < tasks; t++) {
+            final CuratorFramework c = cs.get(t % clients);
+            final java.util.Random rng = new java.util.Random(ProcessHandle.current().pid() * 1_000_003L + t);
+            fs.add(pool.submit(() -> {
+                List<Double> mine = new ArrayList<>();
+                while (!stop.get()) {
+                    InterProcessMutex m = new InterProcessMutex(c, prefix + "/e" + rng.nextInt(names));
+                    long asked = System.nanoTime();
+                    m.acquire();
+                    mine.add(ms(System.nanoTime() - asked));
+                    m.release();
+                }
+                waits.addAll(mine);
+                return null;
+            }));
+        }
+        Thread.sleep((long) (seconds * 1000));
+        stop.set(true);
+        for (Future<?> f : fs) {
+            f.get();
+        }
+        double elapsed = (System.nanoTime() - start) / 1e9;
+        window("end");
+        pool.shutdown();
+        for (CuratorFramework c : cs) {
+            c.close();
+        }
+        List<Double> all = new ArrayList<>(waits);
+        Map<String, Object> out = new LinkedHashMap<>();
+        out.put("scenario", "per-entity");
+        out.put("names", names);
+        out.put("tasks", tasks);
+        out.put("clients", clients);
+        out.put("seconds", round3(elapsed));
+        out.put("grants", all.size());
+        out.put("grants_per_s", round3(all.size() / elapsed));
+        pct(out, "acquire_", all);
         return out;
     }
 
@@ -296,6 +363,12 @@ public final class CuratorBench {
             case "contended": out = contended(n, args.length > 4 ? Double.parseDouble(args[4]) : 3.0); break;
             case "herd": out = herd(n); break;
             case "footprint": out = footprint(n); break;
+            case "per-entity":
+                if (args.length < 7) {
+                    throw new IllegalArgumentException("per-entity NAMES TASKS CLIENTS SECONDS");
+                }
+                out = perEntity(n, Integer.parseInt(args[4]), Integer.parseInt(args[5]), Double.parseDouble(args[6]));
+                break;
             default: throw new IllegalArgumentException("unknown scenario " + args[2]);
         }
         System.out.println(json(out));

@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import random
 import sys
 import time
 
@@ -39,6 +40,21 @@ def rss_kib():
     return None
 
 
+def window(mark):
+    """Marks the start or end of the measured loop for the driver's CPU reading."""
+    print(json.dumps({"window": mark}), flush=True)
+
+
+def first_member(endpoint):
+    """(host, port) of the first of a comma-separated member list: aetcd and python-etcd3
+    take one endpoint only."""
+    host, port = endpoint.split(",")[0].rsplit(":", 1)
+    return host, int(port)
+
+
+ONE_ENDPOINT_NOTE = "talks to the first member only (the library takes one endpoint)"
+
+
 def lock_name(scenario):
     return f"bench/{scenario}-{os.getpid()}"
 
@@ -50,8 +66,11 @@ async def blocking(fn, *args):
 class Kazoo:
     """kazoo: one KazooClient (ZooKeeper session) per contender."""
 
+    sharing = "a KazooClient (ZooKeeper session, own connection and threads) per waiter"
+    note = None
+
     def __init__(self, endpoint):
-        self.endpoint = endpoint
+        self.endpoint = endpoint  # a connect string: every member
 
     async def connect(self, shared=False):
         from kazoo.client import KazooClient
@@ -78,9 +97,11 @@ class KazooSession:
 class Etcd3:
     """python-etcd3: a client (gRPC channel) per contender; the lock grants a lease per attempt."""
 
+    sharing = "one etcd3 client (gRPC channel) for all; a Lock (a lease per attempt) and a thread per waiter"
+
     def __init__(self, endpoint):
-        self.host, port = endpoint.rsplit(":", 1)
-        self.port = int(port)
+        self.host, self.port = first_member(endpoint)
+        self.note = ONE_ENDPOINT_NOTE if "," in endpoint else None
         self.shared = None
 
     async def connect(self, shared=False):
@@ -109,9 +130,11 @@ class Etcd3Session:
 class Aetcd:
     """aetcd (asyncio): a client per contender; the lock grants a lease per attempt."""
 
+    sharing = "one aetcd Client (gRPC channel) for all; a Lock (a lease per attempt) per waiter"
+
     def __init__(self, endpoint):
-        self.host, port = endpoint.rsplit(":", 1)
-        self.port = int(port)
+        self.host, self.port = first_member(endpoint)
+        self.note = ONE_ENDPOINT_NOTE if "," in endpoint else None
         self.shared = None
 
     async def _new(self):
@@ -171,12 +194,14 @@ async def uncontended(lib, iterations):
     for _ in range(min(iterations, 5)):
         await op()
     samples = []
+    window("start")
     started = time.monotonic()
     for _ in range(iterations):
         t = time.monotonic()
         await op()
         samples.append((time.monotonic() - t) * 1000)
     elapsed = time.monotonic() - started
+    window("end")
     await close_all([s])
     out = {"scenario": "uncontended", "count": iterations, "ops_per_s": round(iterations / elapsed, 3)}
     out.update(pct("", samples))
@@ -205,12 +230,14 @@ async def contended(lib, n, seconds):
             last[0] = (time.monotonic(), i)
             await release_blocking_or_async(release)
 
+    window("start")
     started = time.monotonic()
     tasks = [asyncio.create_task(run(i, s)) for i, s in enumerate(sessions)]
     await asyncio.sleep(seconds)
     stop = True
     _, pending = await asyncio.wait(tasks, timeout=STALL_S)
     elapsed = time.monotonic() - started
+    window("end")
     if not pending:
         await close_all(sessions)
     total = sum(per)
@@ -282,7 +309,54 @@ async def herd(lib, waiters):
         "drain_s": round(drain, 3),
         "enqueue_s": round(enqueue_s, 3),
         "rss_kib_per_waiter": round((rss_after - rss_before) / waiters, 3),
+        "sharing": lib.sharing,
     }
+
+
+async def per_entity(lib, names, tasks, clients, seconds):
+    """TASKS tasks over CLIENTS sessions, each looping lock -> release on a uniformly
+    random one of NAMES names for SECONDS."""
+    prefix = lock_name("entity")
+    sessions = [await lib.connect() for _ in range(clients)]
+    stop = False
+    waits = []
+
+    async def run(t):
+        rng = random.Random(os.getpid() * 1000003 + t)
+        s = sessions[t % clients]
+        while not stop:
+            name = f"{prefix}/e{rng.randrange(names)}"
+            asked = time.monotonic()
+            release = await s.lock(name)
+            waits.append((time.monotonic() - asked) * 1000)
+            await release_blocking_or_async(release)
+
+    window("start")
+    started = time.monotonic()
+    running = [asyncio.create_task(run(t)) for t in range(tasks)]
+    await asyncio.sleep(seconds)
+    stop = True
+    _, pending = await asyncio.wait(running, timeout=STALL_S)
+    elapsed = time.monotonic() - started
+    window("end")
+    out = {
+        "scenario": "per-entity",
+        "names": names,
+        "tasks": tasks,
+        "clients": clients,
+        "seconds": round(elapsed, 3),
+        "grants": len(waits),
+        "grants_per_s": round(len(waits) / elapsed, 3),
+    }
+    if pending:
+        out["error"] = (
+            f"stalled: {len(pending)} of {tasks} tasks still waiting {STALL_S:g} s after the stop "
+            "(a lost wake-up)"
+        )
+    else:
+        await close_all(sessions)
+    out.update(pct("acquire_", waits))
+    return out
 
 
 async def footprint(lib, locks):
@@ -317,8 +391,9 @@ async def main():
         sys.exit(f"{libname} runs on {want}, not {backend}")
     n = int(args[0])
     # Blocking libraries: one thread per contender (1,000 herd waiters need 1,000).
+    threads = {"contended": n, "herd": n, "per-entity": int(args[1]) if scenario == "per-entity" else 0}
     asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(max_workers=(n if scenario in ('contended', 'herd') else 64) + 16)
+        concurrent.futures.ThreadPoolExecutor(max_workers=threads.get(scenario, 64) + 16)
     )
     lib = cls(endpoint)
     if scenario == "uncontended":
@@ -329,8 +404,14 @@ async def main():
         out = await herd(lib, n)
     elif scenario == "footprint":
         out = await footprint(lib, n)
+    elif scenario == "per-entity":
+        if len(args) < 4:
+            sys.exit("usage: locks.py LIB BACKEND ENDPOINT per-entity NAMES TASKS CLIENTS SECONDS")
+        out = await per_entity(lib, n, int(args[1]), int(args[2]), float(args[3]))
     else:
         sys.exit(f"unknown scenario {scenario}")
+    if lib.note and "error" not in out:
+        out["note"] = out["note"] + "; " + lib.note if "note" in out else lib.note
     print(json.dumps(out), flush=True)
     os._exit(0)  # client threads (kazoo, gRPC) must not delay the exit
 
