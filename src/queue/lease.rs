@@ -296,6 +296,9 @@ impl Latch {
     }
 }
 
+/// How long a hold goes before its node is watched (see [`monitor`]).
+const WATCH_HELD_AFTER: Duration = Duration::from_millis(100);
+
 /// Stops the loss watch and waits until its future (and so its watch) is dropped.
 ///
 /// Cancel safety: safe; the task is aborted either way.
@@ -316,6 +319,20 @@ async fn monitor(
     policy: LossPolicy,
 ) {
     let mut state = session.state();
+    // A short hold sets no watch at all: no request, no server-side watcher, nothing to
+    // fire on its own delete. Watching from `since` later misses no deletion (etcd replays
+    // from the revision; ZooKeeper's read shows the node gone); it only reports one done
+    // by someone else in the meantime that much later. The session's state is watched
+    // from the start.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        s = state.wait_for(|s| classify(*s, policy).is_some()) => {
+            let reason = s.ok().and_then(|s| classify(*s, policy)).unwrap_or(LossReason::SessionLost);
+            tx.set(reason);
+            return;
+        }
+        _ = tokio::time::sleep(WATCH_HELD_AFTER) => {}
+    }
     loop {
         let watch_broken = tokio::select! {
             _ = stop.cancelled() => return,

@@ -206,10 +206,6 @@ impl ZkSession {
 /// writer changes a key between our read and our `multi`.
 const MAX_RACES: usize = 10;
 
-/// How long a holder's own node goes unwatched at the start of a hold
-/// ([`Session::deleted_lazily`]): a hold shorter than this sets no watch at all.
-const LAZY_WATCH_AFTER: Duration = Duration::from_millis(100);
-
 impl Drop for ZkSession {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -312,19 +308,6 @@ impl Session for ZkSession {
             }
         })
         .await
-    }
-
-    /// [`Session::deleted`] after [`LAZY_WATCH_AFTER`]: a short hold sets no watch, so it
-    /// costs no request and its own delete fires nothing (a watch set moments before the
-    /// delete, its answer still in flight, cannot be removed first and fires on the
-    /// holder's own delete: a second server notification per release). A deletion in the
-    /// meantime is found when the watch is set (`NoNode`), at most that late; the
-    /// session's state reports a lost session at once either way.
-    ///
-    /// Cancel safety: safe; dropping it removes the watcher.
-    async fn deleted_lazily(&self, key: &str, since: u64) -> Result<()> {
-        tokio::time::sleep(LAZY_WATCH_AFTER).await;
-        self.deleted(key, since).await
     }
 
     /// Watches the children and the head's data. Fires at once if the children changed
