@@ -176,6 +176,8 @@ pub(crate) struct Inner {
     pub(crate) watcher: Arc<Watcher>,
     /// How long one request may go unanswered before it counts as a connection error.
     pub(crate) op_timeout: Duration,
+    /// Waits on other sessions' nodes that a pub/sub message ended.
+    pub(crate) woken: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -331,6 +333,7 @@ impl RedisBackend {
             script: redis::Script::new(include_str!("queue.lua")),
             watcher: Watcher::start(client),
             op_timeout,
+            woken: std::sync::atomic::AtomicU64::new(0),
         };
         let info = inner.cmd(redis::cmd("INFO").arg("server")).await?;
         let text = match info {
@@ -352,13 +355,19 @@ impl RedisBackend {
         })
     }
 
-    /// How many pub/sub messages this backend has delivered to waiters (each release
-    /// wakes the waiter behind it with one message).
+    /// How many pub/sub messages this backend has delivered to its subscribers (waits on
+    /// other sessions' nodes and on its own).
     pub fn messages_delivered(&self) -> u64 {
         self.inner
             .watcher
             .delivered
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many waits on another session's node a pub/sub message ended: a release wakes
+    /// the one waiter behind it, once.
+    pub fn wakeups_by_message(&self) -> u64 {
+        self.inner.woken.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The key prefix.
