@@ -350,6 +350,11 @@ impl RedisBackend {
                 "Redis at {addr} is older than 7.0, which queuelock's scripts need"
             )));
         }
+        if !inner.watcher.connected(connect_timeout).await {
+            return Err(Error::connection(format!(
+                "Redis at {addr}: no pub/sub connection within {connect_timeout:?}"
+            )));
+        }
         Ok(RedisBackend {
             inner: Arc::new(inner),
         })

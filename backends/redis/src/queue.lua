@@ -105,6 +105,59 @@ local function read(q, ttl)
   return out
 end
 
+-- The waiter's read for node `id` of `q`: the nearest earlier live node that `ahead`
+-- selects ('p' any, 'r' any but readers, 'n' none), dead sessions' nodes on the way
+-- purged; a plain lock of someone else when nothing of ours is ahead. Answers
+-- { revision, rank, foreign, blocker id, token, kind } (blocker fields absent when none),
+-- or an error when `id` (with `token`, when given) is gone, or its session is.
+local function turn(q, id, ahead, ttl, token)
+  local mine = redis.call('ZSCORE', qk(q, 'z'), id)
+  local rec = redis.call('HGET', qk(q, 'n'), id)
+  if not mine or not rec then return redis.error_reply('QLLOST node is gone') end
+  local t0, owner = parse(rec)
+  -- The attempt's node deleted and created again is another node.
+  if token and t0 ~= token then return redis.error_reply('QLLOST node is gone') end
+  if not alive(owner) then
+    remove(q, id, owner)
+    return redis.error_reply('QLLOST node is gone')
+  end
+  local blocker
+  if ahead ~= 'n' then
+    local offset = 0
+    while not blocker do
+      local page = redis.call('ZREVRANGEBYSCORE', qk(q, 'z'), '(' .. mine, '-inf', 'LIMIT', offset, 16)
+      if #page == 0 then break end
+      local purged = 0
+      for _, other in ipairs(page) do
+        local r = redis.call('HGET', qk(q, 'n'), other)
+        if r then
+          local t, sid, kind = parse(r)
+          if not alive(sid) then
+            remove(q, other, sid)
+            purged = purged + 1
+          elseif ahead == 'p' or kind ~= 'read' then
+            blocker = { other, t, kind }
+            break
+          end
+        else
+          redis.call('ZREM', qk(q, 'z'), other)
+          purged = purged + 1
+        end
+      end
+      offset = offset + #page - purged
+    end
+  end
+  local foreign = claim(q, ttl)
+  local out = { tonumber(redis.call('GET', qk(q, 'v')) or '0'), redis.call('ZRANK', qk(q, 'z'), id) or 0, foreign or {} }
+  if not blocker and foreign and ahead ~= 'n' then
+    blocker = { '', 0, '' }
+  end
+  if blocker then
+    out[4], out[5], out[6] = blocker[1], blocker[2], blocker[3]
+  end
+  return out
+end
+
 if op == 'open' then
   -- ARGV: sid, ttl
   return redis.call('SET', sk(ARGV[3]), '1', 'PX', ARGV[4], 'NX') and 1 or 0
@@ -142,7 +195,7 @@ elseif op == 'close' then
   return 1
 
 elseif op == 'create' then
-  -- ARGV: sid, ttl, q, id, kind, payload -> { token, read... } | error
+  -- ARGV: sid, ttl, q, id, kind, payload, ahead -> { token, turn... } | error
   local sid, ttl, q, id, kind, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
   if not alive(sid) then return redis.error_reply('QLEXPIRED session is gone') end
   if redis.call('SISMEMBER', sk(sid) .. ':x', id) == 1 then
@@ -164,9 +217,14 @@ elseif op == 'create' then
     redis.call('SET', qk(q, 'v'), token)
     redis.call('PUBLISH', qk(q, 'c'), token)
   end
-  local out = read(q, ttl)
+  local out = turn(q, id, ARGV[9], ttl)
+  if type(out) == 'table' and out.err then return out end
   table.insert(out, 1, token)
   return out
+
+elseif op == 'turn' then
+  -- ARGV: ttl, q, id, ahead, token
+  return turn(ARGV[4], ARGV[5], ARGV[6], ARGV[3], tonumber(ARGV[7]))
 
 elseif op == 'abandon' then
   -- ARGV: sid, q, id

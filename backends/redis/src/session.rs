@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use queuelock_core::{
-    Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result, Session, SessionId,
-    SessionState, SessionStatus,
+    Ahead, Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result, Session,
+    SessionId, SessionState, SessionStatus, Turn,
 };
 use redis::Value;
 use tokio::sync::watch;
@@ -142,6 +142,58 @@ fn listing(queue: &str, v: &[Value]) -> Result<Listing> {
         nodes,
         revision: revision.max(0) as u64,
     })
+}
+
+/// The script's code for an [`Ahead`]; `None` for a rule it does not know (then the turn
+/// is answered from a full listing).
+fn ahead_code(ahead: Ahead) -> Option<&'static str> {
+    match ahead {
+        Ahead::Predecessor => Some("p"),
+        Ahead::NearestNonReader => Some("r"),
+        Ahead::Nothing => Some("n"),
+        _ => None,
+    }
+}
+
+/// A turn from the script's answer `{revision, rank, foreign, [id, token, kind]}`, and the
+/// number of nodes ahead of ours (`rank`, plus a plain lock of someone else).
+fn turn(queue: &str, v: &[Value]) -> Result<(Turn, usize)> {
+    let revision = v
+        .first()
+        .and_then(int)
+        .ok_or_else(|| malformed("revision"))?;
+    let rank = v.get(1).and_then(int).unwrap_or(0).max(0) as usize;
+    let foreign = matches!(v.get(2), Some(Value::Array(f)) if !f.is_empty());
+    let blocker = match v.get(3..6) {
+        Some([id, token, kind]) => {
+            let id = text(id);
+            Some(if id.is_empty() {
+                Node {
+                    key: format!("{queue}/{PLAIN}"),
+                    sequence: 0,
+                    token: 0,
+                    kind: NodeKind::Unknown,
+                }
+            } else {
+                let token = int(token).ok_or_else(|| malformed("token"))? as u64;
+                let kind = NodeKind::from_tag(&text(kind));
+                Node {
+                    key: format!("{queue}/{}-{id}", kind.tag()),
+                    sequence: token,
+                    token,
+                    kind,
+                }
+            })
+        }
+        _ => None,
+    };
+    Ok((
+        Turn {
+            blocker,
+            revision: revision.max(0) as u64,
+        },
+        rank + usize::from(foreign),
+    ))
 }
 
 impl RedisSession {
@@ -375,6 +427,7 @@ impl Session for RedisSession {
         let id = spec.id.hyphenated().to_string();
         let sid = self.hex();
         let ttl = self.ttl_ms();
+        let code = ahead_code(spec.ahead).unwrap_or("p");
         let v = self
             .call(
                 "create",
@@ -385,6 +438,7 @@ impl Session for RedisSession {
                     id.as_bytes(),
                     spec.kind.tag().as_bytes(),
                     &spec.payload,
+                    code.as_bytes(),
                 ],
                 Some(&spec.queue),
             )
@@ -393,7 +447,7 @@ impl Session for RedisSession {
             return Err(malformed("create"));
         };
         let token = v.first().and_then(int).ok_or_else(|| malformed("token"))? as u64;
-        let listing = listing(&spec.queue, v.get(1..).unwrap_or_default())?;
+        let (mut turn, rank) = turn(&spec.queue, v.get(1..).unwrap_or_default())?;
         let key = format!("{}/{}-{id}", spec.queue, spec.kind.tag());
         {
             let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
@@ -402,9 +456,20 @@ impl Session for RedisSession {
             }
             own.insert(id);
         }
-        let created = listing.created(&key)?;
-        debug_assert_eq!(created.node.token, token);
-        Ok(created)
+        let node = Node {
+            key,
+            sequence: token,
+            token,
+            kind: spec.kind,
+        };
+        if ahead_code(spec.ahead).is_none() {
+            turn = self.turn(&spec.queue, &node, spec.ahead).await?;
+        }
+        Ok(Created {
+            node,
+            turn,
+            ahead: Some(rank),
+        })
     }
 
     /// Cancel safety: safe; call again to finish.
@@ -436,6 +501,42 @@ impl Session for RedisSession {
             return Err(malformed("list"));
         };
         listing(queue, &v)
+    }
+
+    /// One script: our node (same token), then `ZREVRANGEBYSCORE (mine -inf LIMIT o 16`
+    /// pages until the first live node `ahead` selects (dead sessions' nodes purged on the
+    /// way), and the plain lock of another tool when nothing of ours is ahead.
+    ///
+    /// Cancel safety: safe (its only writes purge dead sessions' nodes and keep the plain
+    /// lock's marker).
+    async fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
+        let Some(code) = ahead_code(ahead) else {
+            return self.list(queue).await?.turn(&me.key, ahead);
+        };
+        let Target::Node(q, id) = target(&me.key) else {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        };
+        if q != queue {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        }
+        let (ttl, token) = (self.ttl_ms(), me.token.to_string());
+        let v = self
+            .call(
+                "turn",
+                &[
+                    ttl.as_bytes(),
+                    q.as_bytes(),
+                    id.as_bytes(),
+                    code.as_bytes(),
+                    token.as_bytes(),
+                ],
+                Some(q),
+            )
+            .await?;
+        let Value::Array(v) = v else {
+            return Err(malformed("turn"));
+        };
+        Ok(turn(queue, &v)?.0)
     }
 
     /// Cancel safety: safe; dropping it cancels the subscription.

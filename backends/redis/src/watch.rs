@@ -131,18 +131,50 @@ impl Watcher {
             channel: channel.to_owned(),
             messages,
         };
-        let mut sink = tokio::time::timeout(timeout, self.sink.lock())
-            .await
-            .map_err(|_| Error::connection("Redis pub/sub connection is busy"))?;
-        let Some(s) = sink.as_mut() else {
-            return Err(Error::connection("Redis pub/sub connection is down"));
-        };
-        match tokio::time::timeout(timeout, s.subscribe(channel)).await {
-            Ok(Ok(())) => Ok(sub),
-            Ok(Err(e)) => Err(map_error(e)),
-            Err(_) => Err(Error::connection(format!(
-                "no answer to SUBSCRIBE within {timeout:?}"
-            ))),
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut generation = self.generation();
+        loop {
+            generation.borrow_and_update();
+            let mut sink = tokio::time::timeout_at(deadline, self.sink.lock())
+                .await
+                .map_err(|_| Error::connection("Redis pub/sub connection is busy"))?;
+            if let Some(s) = sink.as_mut() {
+                return match tokio::time::timeout_at(deadline, s.subscribe(channel)).await {
+                    Ok(Ok(())) => Ok(sub),
+                    Ok(Err(e)) => Err(map_error(e)),
+                    Err(_) => Err(Error::connection(format!(
+                        "no answer to SUBSCRIBE within {timeout:?}"
+                    ))),
+                };
+            }
+            drop(sink);
+            // (Re)connecting: wait for the pub/sub task's next generation.
+            if tokio::time::timeout_at(deadline, generation.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::connection(format!(
+                    "Redis pub/sub connection down for {timeout:?}"
+                )));
+            }
+        }
+    }
+
+    /// Waits until the pub/sub connection is up (for connecting a backend).
+    pub(crate) async fn connected(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut generation = self.generation();
+        loop {
+            generation.borrow_and_update();
+            if self.sink.lock().await.is_some() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, generation.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
         }
     }
 
