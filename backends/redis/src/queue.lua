@@ -13,7 +13,9 @@
 --                     queue is not empty it holds our marker (so their SET NX fails)
 --   P:s:SID           a session: PX = its TTL, renewed by `renew`, which refuses once gone
 --   P:s:SID:n         SET of "Q\nid" the session owns (same TTL)
---   P:s:SID:x         SET of abandoned attempt ids (same TTL): their create is refused
+--   P:s:SID:x         ZSET attempt id -> the session's request number of its release
+--                     (NEVER for an abandon), same TTL: a create of that attempt sent
+--                     before it (late, on an old connection) is refused; last 1000 kept
 -- Channels: P:{Q}:d:ID (node ID deleted), P:{Q}:c (the queue changed).
 -- Expiry is the server's: a session is alive while its key exists, by the server's clock.
 
@@ -54,6 +56,15 @@ local function remove(q, id, sid)
 end
 
 local function alive(sid) return redis.call('EXISTS', sk(sid)) == 1 end
+
+-- Refuses creates of attempt `id` sent before request number `n` of session `sid`.
+local NEVER = 9007199254740992
+local function retire(sid, id, n)
+  local x = sk(sid) .. ':x'
+  redis.call('ZADD', x, n, id)
+  redis.call('ZREMRANGEBYRANK', x, 0, -1001)
+  redis.call('PEXPIRE', x, math.max(redis.call('PTTL', sk(sid)), 1))
+end
 
 -- The plain lock key while our queue is not empty: ours (refreshed) -> nil; someone
 -- else's -> its value and PTTL; absent -> taken with our marker, nil.
@@ -198,8 +209,9 @@ elseif op == 'create' then
   -- ARGV: sid, ttl, q, id, kind, payload, ahead -> { token, turn... } | error
   local sid, ttl, q, id, kind, payload = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
   if not alive(sid) then return redis.error_reply('QLEXPIRED session is gone') end
-  if redis.call('SISMEMBER', sk(sid) .. ':x', id) == 1 then
-    return redis.error_reply('QLABANDONED attempt was abandoned')
+  local done = redis.call('ZSCORE', sk(sid) .. ':x', id)
+  if done and tonumber(ARGV[10]) <= tonumber(done) then
+    return redis.error_reply('QLABANDONED attempt was abandoned or released')
   end
   local rec = redis.call('HGET', qk(q, 'n'), id)
   local token
@@ -230,8 +242,7 @@ elseif op == 'abandon' then
   -- ARGV: sid, q, id
   local sid, q, id = ARGV[3], ARGV[4], ARGV[5]
   if alive(sid) then
-    redis.call('SADD', sk(sid) .. ':x', id)
-    redis.call('PEXPIRE', sk(sid) .. ':x', redis.call('PTTL', sk(sid)))
+    retire(sid, id, NEVER)
   end
   local rec = redis.call('HGET', qk(q, 'n'), id)
   if rec then
@@ -245,12 +256,16 @@ elseif op == 'list' then
   return read(ARGV[4], ARGV[3])
 
 elseif op == 'delete' then
-  -- ARGV: q, id, token: deletes only that very node.
-  local q, id, token = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  -- ARGV: q, id, token, caller sid, its request number: deletes only that very node;
+  -- its owner's delete also refuses the attempt's creates sent before it.
+  local q, id, token, caller, n = ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
   local rec = redis.call('HGET', qk(q, 'n'), id)
   if rec then
     local t, owner = parse(rec)
-    if t == token then remove(q, id, owner) end
+    if t == token then
+      remove(q, id, owner)
+      if owner == caller and alive(caller) then retire(caller, id, n) end
+    end
   end
   return 1
 

@@ -52,6 +52,9 @@ pub(crate) struct RedisSession {
     status: Arc<SessionStatus>,
     state: watch::Receiver<SessionState>,
     keepalive: JoinHandle<()>,
+    /// Request number: creates and deletes carry it, so a create sent before the delete
+    /// of its node (arriving late on an old connection) is refused by the script.
+    requests: std::sync::atomic::AtomicU64,
     /// Ids of the nodes this session created (a wake-up on one of them is not a waiter's).
     own: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -232,7 +235,13 @@ impl RedisSession {
             state,
             keepalive,
             own: Default::default(),
+            requests: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    fn request(&self) -> u64 {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn hex(&self) -> String {
@@ -428,6 +437,7 @@ impl Session for RedisSession {
         let sid = self.hex();
         let ttl = self.ttl_ms();
         let code = ahead_code(spec.ahead).unwrap_or("p");
+        let n = self.request().to_string();
         let v = self
             .call(
                 "create",
@@ -439,6 +449,7 @@ impl Session for RedisSession {
                     spec.kind.tag().as_bytes(),
                     &spec.payload,
                     code.as_bytes(),
+                    n.as_bytes(),
                 ],
                 Some(&spec.queue),
             )
@@ -583,11 +594,21 @@ impl Session for RedisSession {
                 node.key
             )));
         };
-        let token = node.token.to_string();
+        let (token, sid, n) = (
+            node.token.to_string(),
+            self.hex(),
+            self.request().to_string(),
+        );
         self.inner
             .call(
                 "delete",
-                &[q.as_bytes(), id.as_bytes(), token.as_bytes()],
+                &[
+                    q.as_bytes(),
+                    id.as_bytes(),
+                    token.as_bytes(),
+                    sid.as_bytes(),
+                    n.as_bytes(),
+                ],
                 Some(q),
             )
             .await?;
