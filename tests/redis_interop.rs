@@ -226,3 +226,92 @@ async fn hundred_waiters_each_woken_by_one_message() {
 fn h_name() -> String {
     format!("t/herd-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// The ACL user queuelock needs (README, Security): its key and channel prefix, and the
+/// read, write, scripting, pub/sub and connection commands, nothing `@dangerous`. It
+/// locks; a prefix outside its keys is `Error::Auth`; another user, limited to its own
+/// prefix, can neither delete nor overwrite the held lock's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_limited_to_its_prefix() {
+    use queuelock_redis::testkit::redis;
+    let h = RedisHarness::from_env();
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (app, other) = (format!("acl{}", &tag[..8]), format!("oth{}", &tag[..8]));
+    let mut admin = h.raw().await;
+    for (user, prefix) in [(&app, &app), (&other, &other)] {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(user)
+            .arg("on")
+            .arg(">pw-secret")
+            .arg("resetkeys")
+            .arg(format!("~{prefix}:*"))
+            .arg("resetchannels")
+            .arg(format!("&{prefix}:*"))
+            .arg("-@all")
+            .arg("+@read")
+            .arg("+@write")
+            .arg("+@scripting")
+            .arg("+@pubsub")
+            .arg("+@connection")
+            .arg("-@dangerous")
+            .query_async(&mut admin)
+            .await
+            .expect("ACL SETUSER");
+    }
+    let url = |user: &str, prefix: &str| {
+        format!(
+            "redis://{user}:pw-secret@{}/0?prefix={prefix}&ttl=5s",
+            h.addr()
+        )
+    };
+    let c = Client::connect(&url(&app, &app))
+        .await
+        .expect("connect as the ACL user");
+    let g = c.mutex("job").expect("name").lock().await.expect("lock");
+    let token = g.fencing_token();
+
+    let outside = Client::connect(&url(&app, &other)).await.expect("connect");
+    let err = outside
+        .mutex("job")
+        .expect("name")
+        .try_lock()
+        .await
+        .expect_err("keys outside the user's prefix");
+    assert!(matches!(err, queuelock::Error::Auth { .. }), "{err:?}");
+    assert!(!format!("{err:?}").contains("pw-secret"));
+
+    let mut intruder = redis::Client::open(format!("redis://{other}:pw-secret@{}/", h.addr()))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect as the other user");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{app}:*"))
+        .query_async(&mut admin)
+        .await
+        .expect("KEYS");
+    assert!(keys.len() >= 3, "{keys:?}");
+    for k in &keys {
+        let del: redis::RedisResult<i64> =
+            redis::cmd("DEL").arg(k).query_async(&mut intruder).await;
+        assert!(del.is_err(), "the other user deleted {k}");
+        let set: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(k)
+            .arg("x")
+            .query_async(&mut intruder)
+            .await;
+        assert!(set.is_err(), "the other user overwrote {k}");
+    }
+    assert_eq!(g.is_lost(), None, "the lock was lost");
+    assert_eq!(g.fencing_token(), token);
+    g.release().await.expect("release");
+    for user in [&app, &other] {
+        let _: () = redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(user)
+            .query_async(&mut admin)
+            .await
+            .expect("ACL DELUSER");
+    }
+}

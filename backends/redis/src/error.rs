@@ -22,9 +22,13 @@ pub fn map_error(e: redis::RedisError) -> Error {
             source: Some(Box::new(e)),
         };
     }
+    // An ACL refusal inside a script arrives as a plain script error.
     let auth = matches!(e.kind(), K::AuthenticationFailed)
         || e.code()
-            .is_some_and(|c| matches!(c, "NOPERM" | "NOAUTH" | "WRONGPASS"));
+            .is_some_and(|c| matches!(c, "NOPERM" | "NOAUTH" | "WRONGPASS"))
+        || message.contains("NOPERM")
+        || message.contains("can't access at least one of the keys")
+        || message.contains("has no permissions");
     if auth {
         return Error::Auth {
             message,
