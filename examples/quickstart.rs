@@ -21,7 +21,17 @@ const ROUNDS: u64 = 5;
 #[tokio::main]
 async fn main() -> Result<()> {
     let url = std::env::var("QUEUELOCK_URL").unwrap_or_else(|_| "memory://".into());
-    println!("queuelock quickstart on {url}");
+    // Never print credentials (`scheme://user:pass@host/...`).
+    let shown = match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) if !rest[..rest.find('/').unwrap_or(rest.len())].is_empty() => {
+                format!("{scheme}://***@{host}")
+            }
+            _ => url.clone(),
+        },
+        None => url.clone(),
+    };
+    println!("queuelock quickstart on {shown}");
     // The "resource" the lock protects: a value updated with a read, a pause, a write —
     // which would lose updates if two workers ever held the lock at once.
     let shared = Arc::new(AtomicU64::new(0));

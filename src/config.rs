@@ -56,6 +56,7 @@ impl BackendConfig {
             BackendConfig::Memory { .. } => "memory",
             BackendConfig::Etcd { .. } => "etcd",
             BackendConfig::ZooKeeper { .. } => "zookeeper",
+            BackendConfig::Redis { .. } => "redis",
         }
     }
 }
@@ -110,6 +111,30 @@ pub enum BackendConfig {
         #[serde(default)]
         tls: Option<TlsConfig>,
     },
+    /// Redis (a single server, ≥ 7).
+    Redis {
+        /// `host:port` of the server.
+        host: String,
+        /// Database number.
+        #[serde(default)]
+        db: i64,
+        /// Prefix of every key queuelock writes (default `queuelock`).
+        #[serde(default = "default_redis_prefix")]
+        prefix: String,
+        /// ACL user name (`None`: the default user).
+        #[serde(default)]
+        user: Option<String>,
+        /// Password.
+        #[serde(default)]
+        password: Option<Secret>,
+        /// TLS settings (`None`: plain text; `rediss://` sets it, possibly empty).
+        #[serde(default)]
+        tls: Option<TlsConfig>,
+    },
+}
+
+fn default_redis_prefix() -> String {
+    "queuelock".to_owned()
 }
 
 /// Everything needed to build a [`crate::Client`].
@@ -235,6 +260,7 @@ impl Config {
     /// | `memory://NAME` | a named in-process store shared by every client using that name |
     /// | `etcd://h1:2379,h2:2379/prefix` | etcd; keys under `/prefix` |
     /// | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
+    /// | `redis://[user:pass@]h:6379/0?prefix=app` | Redis database 0; keys under `app:` (`rediss://`: TLS) |
     ///
     /// Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
     /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`,
@@ -290,8 +316,10 @@ impl Config {
         let mut password = url.password().map(Secret::new);
         let mut digest = None;
         let mut tls = TlsConfig::default();
+        let mut prefix = None;
         for (key, value) in url.query_pairs() {
             match &*key {
+                "prefix" => prefix = Some(value.into_owned()),
                 "ttl" | "session_timeout" => cfg.ttl = duration(&key, &value)?,
                 "connect_timeout" => cfg.connect_timeout = duration(&key, &value)?,
                 "loss_policy" => cfg.loss_policy = loss_policy("option loss_policy", &value)?,
@@ -330,7 +358,48 @@ impl Config {
             Ok(hosts)
         };
         let tls = (!tls.is_empty()).then_some(tls);
+        if prefix.is_some() && !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(config_err(format!(
+                "option prefix is for redis://; etcd takes the prefix as the path: {shown}"
+            )));
+        }
         cfg.backend = match url.scheme() {
+            "redis" | "rediss" => {
+                if digest.is_some() {
+                    return Err(config_err(
+                        "option digest is for ZooKeeper; Redis takes user:password@",
+                    ));
+                }
+                let db = match path.trim_start_matches('/') {
+                    "" => 0,
+                    d => d.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
+                        config_err(format!(
+                            "the path of a Redis URL is the database number, not {d:?}: {shown}"
+                        ))
+                    })?,
+                };
+                let host = hosts()?;
+                if host.len() != 1 {
+                    return Err(config_err(format!("Redis takes one host:port: {shown}")));
+                }
+                let tls = match (url.scheme(), tls) {
+                    ("rediss", tls) => Some(tls.unwrap_or_default()),
+                    (_, None) => None,
+                    (_, Some(_)) => {
+                        return Err(config_err(format!(
+                            "TLS files given for redis://: use rediss:// for TLS: {shown}"
+                        )))
+                    }
+                };
+                BackendConfig::Redis {
+                    host: host.into_iter().next().unwrap_or_default(),
+                    db,
+                    prefix: prefix.unwrap_or_else(default_redis_prefix),
+                    user,
+                    password,
+                    tls,
+                }
+            }
             "memory" => {
                 if !path.is_empty() || user.is_some() || tls.is_some() || digest.is_some() {
                     return Err(config_err(format!(
@@ -370,7 +439,7 @@ impl Config {
             }
             other => {
                 return Err(config_err(format!(
-                    "unknown scheme {other:?}: expected memory://, etcd:// or zk://"
+                    "unknown scheme {other:?}: expected memory://, etcd://, zk:// or redis://"
                 )))
             }
         };
@@ -420,6 +489,11 @@ impl Config {
             BackendConfig::Etcd { user, password, .. } if user.is_some() != password.is_some() => {
                 Err(config_err("etcd credentials need both user and password"))
             }
+            BackendConfig::Redis {
+                user: Some(_),
+                password: None,
+                ..
+            } => Err(config_err("a Redis user needs a password")),
             BackendConfig::ZooKeeper {
                 digest: Some(d), ..
             } if !d.expose().contains(':') => Err(config_err(
@@ -454,6 +528,57 @@ pub(crate) fn url_from_env(var: std::result::Result<String, std::env::VarError>)
 mod tests {
     use super::*;
     use std::env::VarError;
+
+    #[test]
+    fn redis_urls() {
+        let c = Config::from_url("redis://app:s3cret@127.0.0.1:6379/2?prefix=app&ttl=10s")
+            .expect("parse");
+        assert_eq!(c.ttl, Duration::from_secs(10));
+        match &c.backend {
+            BackendConfig::Redis {
+                host,
+                db,
+                prefix,
+                user,
+                password,
+                tls,
+            } => {
+                assert_eq!(
+                    (host.as_str(), *db, prefix.as_str()),
+                    ("127.0.0.1:6379", 2, "app")
+                );
+                assert_eq!(user.as_deref(), Some("app"));
+                assert_eq!(password.as_ref().map(Secret::expose), Some("s3cret"));
+                assert!(tls.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!format!("{c:?}").contains("s3cret"), "password in Debug");
+        let c = Config::from_url("rediss://h:6380?ca=/ca.pem").expect("parse");
+        assert!(
+            matches!(&c.backend, BackendConfig::Redis { tls: Some(t), db: 0, prefix, .. }
+            if t.ca.is_some() && prefix == "queuelock")
+        );
+        let c = Config::from_url("rediss://h:6380").expect("parse");
+        assert!(matches!(
+            &c.backend,
+            BackendConfig::Redis { tls: Some(_), .. }
+        ));
+        let err = |u: &str| Config::from_url(u).expect_err(u).to_string();
+        assert!(err("redis://h:6379/x").contains("database number"));
+        assert!(err("redis://h:6379?ca=/x").contains("rediss://"));
+        assert!(err("redis://a:1,b:2").contains("one host"));
+        assert!(err("etcd://h:2379?prefix=x").contains("prefix"));
+        assert!(
+            !err("redis://u:pw@h:1/x").contains("pw@"),
+            "password in an error"
+        );
+        let text = r#"{"backend":{"kind":"redis","host":"h:6379","password":"p"},"ttl":"3s"}"#;
+        let c: Config = serde_json::from_str(text).expect("serde");
+        assert!(
+            matches!(&c.backend, BackendConfig::Redis { prefix, db: 0, .. } if prefix == "queuelock")
+        );
+    }
 
     #[test]
     fn env_defaults_to_memory() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use queuelock_core::{Backend, Error, Result};
 
 use crate::client::Client;
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "redis"))]
 use crate::config::TlsConfig;
 use crate::config::{BackendConfig, Config};
 
@@ -71,7 +71,32 @@ async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
             digest,
             tls,
         } => zookeeper(config, hosts, chroot, digest.as_ref(), tls.as_ref()).await,
-        #[cfg(not(all(feature = "memory", feature = "etcd", feature = "zookeeper")))]
+        #[cfg(feature = "redis")]
+        BackendConfig::Redis {
+            host,
+            db,
+            prefix,
+            user,
+            password,
+            tls,
+        } => {
+            redis(
+                config,
+                host,
+                *db,
+                prefix,
+                user.clone(),
+                password.as_ref(),
+                tls.as_ref(),
+            )
+            .await
+        }
+        #[cfg(not(all(
+            feature = "memory",
+            feature = "etcd",
+            feature = "zookeeper",
+            feature = "redis"
+        )))]
         other => Err(Error::FeatureDisabled {
             backend: other.kind(),
             feature: other.kind(),
@@ -151,9 +176,51 @@ async fn zookeeper(
     Ok(Arc::new(backend))
 }
 
+#[cfg(feature = "redis")]
+async fn redis(
+    config: &Config,
+    host: &str,
+    db: i64,
+    prefix: &str,
+    user: Option<String>,
+    password: Option<&crate::Secret>,
+    tls: Option<&TlsConfig>,
+) -> Result<Arc<dyn Backend>> {
+    use queuelock_redis::{RedisBackend, RedisOptions};
+    let mut options = RedisOptions::default()
+        .with_prefix(prefix)
+        .with_db(db)
+        .with_connect_timeout(config.connect_timeout);
+    if let Some(p) = password {
+        options = options.with_credentials(user, p.expose());
+    }
+    if let Some(tls) = tls {
+        // `rediss://` without files: TLS with an empty CA set would verify nothing.
+        let pem = load_tls(Some(tls))?
+            .filter(|p| p.ca.is_some())
+            .ok_or_else(|| {
+                Error::Config(
+                    "rediss:// needs ca= (the CA that signs the server's certificate)".into(),
+                )
+            })?;
+        options = options.with_tls(pem);
+    }
+    let backend =
+        tokio::time::timeout(config.connect_timeout, RedisBackend::connect(host, options))
+            .await
+            .map_err(|_| Error::Connection {
+                message: format!(
+                    "no answer from Redis at {host} within {:?}",
+                    config.connect_timeout
+                ),
+                source: None,
+            })??;
+    Ok(Arc::new(backend))
+}
+
 /// Reads the TLS files a configuration names. Errors name the file and what is wrong,
 /// never its contents.
-#[cfg(any(feature = "etcd", feature = "zookeeper"))]
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "redis"))]
 fn load_tls(tls: Option<&TlsConfig>) -> Result<Option<queuelock_core::TlsPem>> {
     let Some(tls) = tls else { return Ok(None) };
     let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>> {

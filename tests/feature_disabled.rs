@@ -47,3 +47,22 @@ async fn zk_url_names_the_zookeeper_feature() {
     );
     assert!(err.to_string().contains("--features zookeeper"), "{err}");
 }
+
+#[cfg(not(feature = "redis"))]
+#[tokio::test]
+async fn redis_url_names_the_redis_feature() {
+    let err = Client::connect("redis://127.0.0.1:6379/0?prefix=app")
+        .await
+        .expect_err("no redis backend");
+    assert!(
+        matches!(
+            err,
+            Error::FeatureDisabled {
+                backend: "redis",
+                feature: "redis"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--features redis"), "{err}");
+}

@@ -42,3 +42,15 @@ ql_require_cargo() {
     exit 1
   fi
 }
+
+# ql_venv NAME MODULE PIP_SPEC: a Python virtualenv NAME in queuelock's cache with PIP_SPEC
+# installed (unless MODULE already imports there); prints its python.
+ql_venv() {
+  local venv="${QUEUELOCK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/queuelock}/$1"
+  if ! "$venv/bin/python" -c "import $2" >/dev/null 2>&1; then
+    ql_log "making a virtualenv with $3 in $venv"
+    python3 -m venv "$venv" 2>/dev/null || { ql_apt_install python3-venv && python3 -m venv "$venv"; }
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$3" >&2
+  fi
+  echo "$venv/bin/python"
+}

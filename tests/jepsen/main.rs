@@ -1,4 +1,5 @@
-//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters.
+//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters, and
+//! a single Redis server (append-only file fsynced on every write).
 //!
 //! K worker processes (this binary re-run, each with its own session) loop: acquire the
 //! lock → fenced read of a register → fenced write of value+1 → release, logging every
@@ -9,8 +10,8 @@
 //! `checker.rs` for what it demands) and writes a summary; any violation fails the run
 //! and prints the slice of history around it.
 //!
-//! `cargo test --test jepsen` runs both backends for 2 minutes each. For a long run:
-//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper]
+//! `cargo test --test jepsen` runs every backend for 2 minutes each. For a long run:
+//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper|redis]
 //! [--workers 5] [--ttl 4s] [--seed N] [--out DIR]` (or `scripts/jepsen`, which also
 //! installs the servers).
 
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use queuelock::backend::testkit::proxy::Proxy;
 use queuelock::Client;
 use support::etcd::EtcdCluster;
+use support::redis::RedisServer;
 use support::zookeeper::ZkEnsemble;
 use support::Cluster;
 
@@ -52,25 +54,29 @@ struct Options {
     out: PathBuf,
     /// Check a saved history directory instead of running.
     recheck: Option<PathBuf>,
+    /// Redis' `appendfsync` (`always`; `everysec` to see what a crash loses with it).
+    redis_fsync: String,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|all] [--duration 2m] \
-         [--workers 5] [--ttl 4s] [--seed N] [--out DIR] | --recheck DIR"
+        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|redis|all] [--duration 2m] \
+         [--workers 5] [--ttl 4s] [--seed N] [--out DIR] [--redis-fsync always|everysec] \
+         | --recheck DIR"
     );
     std::process::exit(2)
 }
 
 fn options() -> Options {
     let mut o = Options {
-        backends: vec!["etcd", "zookeeper"],
+        backends: vec!["etcd", "zookeeper", "redis"],
         duration: Duration::from_secs(120),
         workers: 5,
         ttl: Duration::from_secs(4),
         seed: rand::random(),
         out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jepsen"),
         recheck: None,
+        redis_fsync: "always".into(),
     };
     if let Ok(d) = std::env::var("QUEUELOCK_JEPSEN_DURATION") {
         o.duration = humantime::parse_duration(&d)
@@ -87,7 +93,8 @@ fn options() -> Options {
                 o.backends = match value("--backend").as_str() {
                     "etcd" => vec!["etcd"],
                     "zookeeper" | "zk" => vec!["zookeeper"],
-                    "all" => vec!["etcd", "zookeeper"],
+                    "redis" => vec!["redis"],
+                    "all" => vec!["etcd", "zookeeper", "redis"],
                     other => usage(&format!("unknown backend {other:?}")),
                 }
             }
@@ -116,6 +123,12 @@ fn options() -> Options {
                     .unwrap_or_else(|_| usage(&format!("--seed {v:?}: a number")));
             }
             "--out" => o.out = value(&a).into(),
+            "--redis-fsync" => {
+                o.redis_fsync = match value(&a).as_str() {
+                    v @ ("always" | "everysec") => v.to_owned(),
+                    other => usage(&format!("--redis-fsync {other:?}: always or everysec")),
+                }
+            }
             "--recheck" => o.recheck = Some(value(&a).into()),
             // What `cargo test` may pass every test binary.
             "--nocapture" | "--quiet" | "-q" | "--show-output" | "--include-ignored" => {}
@@ -177,6 +190,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
     );
     let cluster: Box<dyn Cluster + Send> = tokio::task::block_in_place(|| match backend {
         "etcd" => Box::new(EtcdCluster::start(3)) as Box<dyn Cluster + Send>,
+        "redis" => Box::new(RedisServer::start(&o.redis_fsync)),
         _ => Box::new(ZkEnsemble::start(3)),
     });
     let register = Register::start().await;
@@ -198,10 +212,10 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
         let hosts: Vec<String> = mine.iter().map(|p: &Proxy| p.addr.clone()).collect();
         let args = WorkerArgs {
             w,
-            url: format!(
-                "{}://{}/{root}?{ttl_q}&label=jepsen-{w}",
-                cluster.scheme(),
-                hosts.join(",")
+            url: cluster.worker_url(
+                &hosts.join(","),
+                &root,
+                &format!("{ttl_q}&label=jepsen-{w}"),
             ),
             lock: lock.clone(),
             register: register.addr.clone(),

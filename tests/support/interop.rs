@@ -8,14 +8,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use queuelock::Client;
 use tokio::time::timeout;
 
-fn now_ns() -> u128 {
+/// Wall-clock nanoseconds (what the peers write with `time.time_ns()`).
+pub fn now_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_nanos()
 }
 
-fn read_ns(path: &Path) -> Option<u128> {
+/// The nanoseconds a peer wrote to `path`, once it has.
+pub fn read_ns(path: &Path) -> Option<u128> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 

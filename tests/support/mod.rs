@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod interop;
+pub mod redis;
 pub mod secure;
 pub mod zookeeper;
 
@@ -16,6 +17,11 @@ use std::path::PathBuf;
 pub trait Cluster {
     /// A queuelock URL for the cluster under `root` (prefix or chroot) with options.
     fn url(&self, root: &str, query: &str) -> String;
+    /// A queuelock URL for `hosts` (the members' addresses, as a client reaches them,
+    /// e.g. through proxies) under `root` with options.
+    fn worker_url(&self, hosts: &str, root: &str, query: &str) -> String {
+        format!("{}://{hosts}/{root}?{query}", self.scheme())
+    }
     /// The index of the current leader (waits for one).
     fn leader(&self) -> usize;
     /// kill -9 member `i`.
