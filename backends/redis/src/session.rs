@@ -191,10 +191,8 @@ fn turn(queue: &str, v: &[Value]) -> Result<(Turn, usize)> {
         _ => None,
     };
     Ok((
-        Turn {
-            blocker,
-            revision: revision.max(0) as u64,
-        },
+        // `last` stays unknown (false): a plain SET NX lock can stand ahead of any node.
+        Turn::new(blocker, revision.max(0) as u64),
         rank + usize::from(foreign),
     ))
 }
