@@ -56,6 +56,7 @@ impl BackendConfig {
             BackendConfig::Memory { .. } => "memory",
             BackendConfig::Etcd { .. } => "etcd",
             BackendConfig::ZooKeeper { .. } => "zookeeper",
+            BackendConfig::Postgres { .. } => "postgres",
         }
     }
 }
@@ -110,6 +111,37 @@ pub enum BackendConfig {
         #[serde(default)]
         tls: Option<TlsConfig>,
     },
+    /// PostgreSQL.
+    #[serde(rename = "postgres", alias = "postgresql")]
+    Postgres {
+        /// `host:port` of each server (libpq tries them in order).
+        hosts: Vec<String>,
+        /// The database (default: the user's name, as libpq does).
+        #[serde(default)]
+        dbname: Option<String>,
+        /// The role to connect as.
+        user: String,
+        /// Its password (SCRAM or md5, as the server asks).
+        #[serde(default)]
+        password: Option<Secret>,
+        /// The schema queuelock's tables live in (default `queuelock`).
+        #[serde(default = "default_pg_schema")]
+        schema: String,
+        /// libpq's `sslmode` (`disable`, `prefer`, `require`); a CA (`tls.ca`) makes TLS
+        /// required and verifies the server's certificate and name.
+        #[serde(default)]
+        sslmode: Option<String>,
+        /// libpq's `application_name` (default `queuelock`).
+        #[serde(default)]
+        application_name: Option<String>,
+        /// TLS settings (`None`: plain text unless `sslmode` says otherwise).
+        #[serde(default)]
+        tls: Option<TlsConfig>,
+    },
+}
+
+fn default_pg_schema() -> String {
+    "queuelock".to_owned()
 }
 
 /// Everything needed to build a [`crate::Client`].
@@ -235,12 +267,14 @@ impl Config {
     /// | `memory://NAME` | a named in-process store shared by every client using that name |
     /// | `etcd://h1:2379,h2:2379/prefix` | etcd; keys under `/prefix` |
     /// | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
+    /// | `postgres://user:pass@h:5432/db?schema=queuelock` | PostgreSQL; tables in schema `queuelock` |
     ///
     /// Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
     /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`,
     /// `name_label` (`none`, `full` or N: the metrics' `lock` label), `user`,
     /// `password` (etcd, both or neither), `digest` (ZooKeeper `user:password`), `ca`,
-    /// `cert`, `key` (TLS file paths). Credentials may also be given as URL user-info
+    /// `cert`, `key` (TLS file paths); for PostgreSQL also `schema`, `sslmode` and
+    /// `application_name`. Credentials may also be given as URL user-info
     /// (`etcd://user:pass@host`). Anything unknown or malformed is an [`Error::Config`]
     /// naming it; credentials never appear in `Debug` output, errors or logs.
     ///
@@ -270,7 +304,10 @@ impl Config {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let multi_host = matches!(scheme, "etcd" | "zk" | "zookeeper");
+        let multi_host = matches!(
+            scheme,
+            "etcd" | "zk" | "zookeeper" | "postgres" | "postgresql"
+        );
         let parsable = format!(
             "{scheme}://{}{}{tail}",
             userinfo.map(|u| format!("{u}@")).unwrap_or_default(),
@@ -290,6 +327,7 @@ impl Config {
         let mut password = url.password().map(Secret::new);
         let mut digest = None;
         let mut tls = TlsConfig::default();
+        let mut pg = (None, None, None); // schema, sslmode, application_name
         for (key, value) in url.query_pairs() {
             match &*key {
                 "ttl" | "session_timeout" => cfg.ttl = duration(&key, &value)?,
@@ -303,10 +341,19 @@ impl Config {
                 "ca" => tls.ca = Some(value.into_owned().into()),
                 "cert" => tls.cert = Some(value.into_owned().into()),
                 "key" => tls.key = Some(value.into_owned().into()),
+                "schema" => pg.0 = Some(value.into_owned()),
+                "sslmode" => pg.1 = Some(value.into_owned()),
+                "application_name" => pg.2 = Some(value.into_owned()),
                 other => return Err(config_err(format!("unknown option {other:?} in {shown}"))),
             }
         }
         let path = url.path().trim_end_matches('/').to_owned();
+        let postgres = matches!(url.scheme(), "postgres" | "postgresql");
+        if !postgres && pg != (None, None, None) {
+            return Err(config_err(format!(
+                "options schema, sslmode and application_name are for postgres:// URLs: {shown}"
+            )));
+        }
         let hosts = || -> Result<Vec<String>> {
             let hosts: Vec<String> = host_list
                 .split(',')
@@ -317,6 +364,21 @@ impl Config {
             if hosts.is_empty() {
                 return Err(config_err(format!("no host in {shown}")));
             }
+            // libpq's default port.
+            let hosts = if postgres {
+                hosts
+                    .into_iter()
+                    .map(|h| {
+                        if h.contains(':') {
+                            h
+                        } else {
+                            format!("{h}:5432")
+                        }
+                    })
+                    .collect()
+            } else {
+                hosts
+            };
             for h in &hosts {
                 let port_ok = h
                     .rsplit_once(':')
@@ -368,9 +430,31 @@ impl Config {
                     tls,
                 }
             }
+            "postgres" | "postgresql" => {
+                if digest.is_some() {
+                    return Err(config_err(
+                        "option digest is for ZooKeeper; postgres takes user and password",
+                    ));
+                }
+                let dbname = path.trim_start_matches('/');
+                BackendConfig::Postgres {
+                    hosts: hosts()?,
+                    dbname: (!dbname.is_empty()).then(|| dbname.to_owned()),
+                    user: user.ok_or_else(|| {
+                        config_err(format!(
+                            "postgres URL needs a user (postgres://USER@host/db): {shown}"
+                        ))
+                    })?,
+                    password,
+                    schema: pg.0.unwrap_or_else(default_pg_schema),
+                    sslmode: pg.1,
+                    application_name: pg.2,
+                    tls,
+                }
+            }
             other => {
                 return Err(config_err(format!(
-                    "unknown scheme {other:?}: expected memory://, etcd:// or zk://"
+                    "unknown scheme {other:?}: expected memory://, etcd://, zk:// or postgres://"
                 )))
             }
         };

@@ -50,6 +50,7 @@
 //! | `memory` | yes | `memory://` | a Rust toolchain |
 //! | `etcd` | no | `etcd://h1:2379,h2:2379/prefix` | `protoc` and protobuf's well-known types (Debian: `protobuf-compiler`, `libprotobuf-dev`) |
 //! | `zookeeper` | no | `zk://h1:2181/chroot` | a C compiler (rustls' `aws-lc-rs`) |
+//! | `postgres` | no | `postgres://user:pass@h:5432/db?schema=queuelock` | a C compiler (rustls' `aws-lc-rs`) |
 //! | `cli` | no | — | the `queuelock` command (`cargo install queuelock --features cli,etcd,zookeeper`) |
 //!
 //! ```toml

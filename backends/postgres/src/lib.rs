@@ -69,6 +69,8 @@ use async_trait::async_trait;
 use queuelock_core::{Backend, Error, Result, Session, SessionOptions, TlsPem};
 
 pub use error::map_error;
+/// libpq's `sslmode`, as tokio-postgres knows it.
+pub use tokio_postgres::config::SslMode;
 /// tokio-postgres' connection settings (host, port, user, password, dbname, sslmode,
 /// application_name, ...), parsed from a libpq URL or `key=value` string.
 pub use tokio_postgres::Config as PgConfig;
