@@ -1,7 +1,7 @@
 # PostgreSQL 15 for the tests: install Debian's `postgresql` if missing, start a fresh
 # cluster (initdb in a temporary dir, a free 127.0.0.1 port, fsync on, the unix socket in
-# the temporary dir, SCRAM password auth over TCP), wait until it accepts connections,
-# stop. Source it; it needs scripts/lib/common.sh (ql_log, ql_apt_install, ql_free_port).
+# the temporary dir; over TCP, SCRAM for members of role queuelock_scram and trust for
+# the rest), wait until it accepts connections, stop. Source it; it needs scripts/lib/common.sh (ql_log, ql_apt_install, ql_free_port).
 #
 # initdb and the server refuse to run as root: as root they run as the `postgres` system
 # user that Debian's package creates, and the temporary dir belongs to it.
@@ -25,7 +25,7 @@ pg_as_owner() {
 }
 
 # pg_start: exports QUEUELOCK_TEST_POSTGRES=postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres
-# (the cluster's superuser, SCRAM-authenticated), and PG_TEST_DIR, PG_TEST_PORT.
+# (the cluster's superuser), and PG_TEST_DIR, PG_TEST_PORT.
 pg_start() {
   PG_TEST_DIR=$(mktemp -d /tmp/queuelock-pg.XXXXXX)
   chmod 700 "$PG_TEST_DIR"
@@ -40,11 +40,21 @@ pg_start() {
     --auth-host=scram-sha-256 --auth-local=peer -E UTF8 --no-locale >"$PG_TEST_DIR/initdb.log" 2>&1 || {
     echo "initdb failed:" >&2; tail -n 30 "$PG_TEST_DIR/initdb.log" >&2; return 1; }
   rm -f "$PG_TEST_DIR/pwfile"
+  # TCP from 127.0.0.1: SCRAM for members of queuelock_scram (the security tests' roles),
+  # trust for the rest: a debug build's SCRAM (4096 PBKDF2 rounds, unoptimized) costs
+  # ~0.3 s a connection, and the suites open hundreds.
+  cat >"$PG_TEST_DIR/data/pg_hba.conf" <<'HBA'
+local all all peer
+host all +queuelock_scram 127.0.0.1/32 scram-sha-256
+host all all 127.0.0.1/32 trust
+HBA
   # Many test clients at once, each with a LISTEN connection and a few request connections.
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_TEST_DIR/data" -l "$PG_TEST_DIR/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $PG_TEST_PORT -c unix_socket_directories=$PG_TEST_DIR \
         -c fsync=on -c max_connections=600 -c shared_buffers=64MB" start >/dev/null || {
     echo "PostgreSQL did not start; its log:" >&2; tail -n 30 "$PG_TEST_DIR/server.log" >&2; return 1; }
+  pg_as_owner psql -h "$PG_TEST_DIR" -p "$PG_TEST_PORT" -U postgres -d postgres -qAt \
+    -c "CREATE ROLE queuelock_scram NOLOGIN" >/dev/null || return 1
   export PG_TEST_DIR PG_TEST_PORT
   export QUEUELOCK_TEST_POSTGRES="postgres://postgres:$password@127.0.0.1:$PG_TEST_PORT/postgres"
 }

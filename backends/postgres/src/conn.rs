@@ -179,6 +179,15 @@ impl Pool {
         }
     }
 
+    /// Makes `client` (just opened) the first slot's connection.
+    pub(crate) async fn adopt(&self, client: Client, schema: &str) -> Result<()> {
+        let st = Statements::prepare(&client, schema)
+            .await
+            .map_err(map_error)?;
+        *self.slots[0].lock().await = Some(Arc::new(Conn { client, st }));
+        Ok(())
+    }
+
     /// A working connection (round robin over the slots).
     pub(crate) async fn get(&self, inner: &Inner) -> Result<Arc<Conn>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();

@@ -254,7 +254,9 @@ impl PgBackend {
             pool: Pool::new(options.connections),
             listener: Listener::new(),
         });
-        migrate(&inner).await?;
+        let client = migrate(&inner).await?;
+        // The migration's connection becomes the first request connection.
+        inner.pool.adopt(client, &inner.schema).await?;
         Ok(PgBackend { inner })
     }
 
@@ -277,7 +279,7 @@ impl PgBackend {
 /// Brings the schema to [`schema::VERSION`]: a quick check first (a role that may only
 /// use the schema needs no more), then, if needed, the migrations in one transaction
 /// under an advisory transaction lock, each applied once.
-async fn migrate(inner: &Arc<Inner>) -> Result<()> {
+async fn migrate(inner: &Arc<Inner>) -> Result<tokio_postgres::Client> {
     let s = &inner.schema;
     let (mut client, _ended) = conn::open(inner, None).await?;
     let current = client
@@ -287,7 +289,7 @@ async fn migrate(inner: &Arc<Inner>) -> Result<()> {
         Ok(Some(row)) => {
             let v: Option<i32> = row.get(0);
             if v == Some(schema::VERSION) {
-                return Ok(());
+                return Ok(client);
             }
             if v.is_some_and(|v| v > schema::VERSION) {
                 return Err(Error::Config(format!(
@@ -350,7 +352,7 @@ async fn migrate(inner: &Arc<Inner>) -> Result<()> {
     }
     tx.commit().await.map_err(map_error)?;
     debug_assert_eq!(schema::count(), schema::VERSION as usize);
-    Ok(())
+    Ok(client)
 }
 
 #[async_trait]

@@ -95,10 +95,16 @@ CREATE TRIGGER nodes_notify AFTER INSERT OR UPDATE OR DELETE ON {s}.nodes
     FOR EACH ROW EXECUTE FUNCTION {s}.notify_node();
 
 -- Removes expired sessions (and with them, by cascade, their nodes): there is no server
--- side expiry, so every client reaps.
+-- side expiry, so every client reaps. Rows another reaper (or a create) has locked are
+-- skipped, so concurrent reapers never wait for, or deadlock with, each other.
 CREATE FUNCTION {s}.reap() RETURNS bigint
 LANGUAGE sql AS $$
-    WITH gone AS (DELETE FROM {s}.sessions WHERE expires_at < clock_timestamp() RETURNING 1)
+    WITH doomed AS (
+        SELECT id FROM {s}.sessions WHERE expires_at < clock_timestamp()
+        ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED
+    ), gone AS (
+        DELETE FROM {s}.sessions s USING doomed d WHERE s.id = d.id RETURNING 1
+    )
     SELECT count(*) FROM gone
 $$;
 
@@ -109,18 +115,16 @@ LANGUAGE sql AS $$
     RETURNING id
 $$;
 
--- Extends a session that has not expired yet (an expired one stays expired), then reaps.
+-- Extends a session that has not expired yet (an expired one stays expired). The client
+-- reaps in a statement of its own, right after (not holding this row's lock).
 CREATE FUNCTION {s}.keepalive(p_session bigint) RETURNS boolean
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE {s}.sessions SET expires_at = clock_timestamp() + ttl
-        WHERE id = p_session AND expires_at > clock_timestamp();
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM {s}.reap();
-    RETURN true;
-END $$;
+LANGUAGE sql AS $$
+    WITH kept AS (
+        UPDATE {s}.sessions SET expires_at = clock_timestamp() + ttl
+        WHERE id = p_session AND expires_at > clock_timestamp() RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM kept)
+$$;
 
 -- Creates (or finds again, per attempt) a node at the end of its queue. The fencing token
 -- is taken from the global sequence after the queue's row is locked, so within a queue

@@ -59,12 +59,14 @@ async fn keepalive(inner: Arc<Inner>, id: i64, ttl: Duration, status: Arc<Sessio
         let deadline = status.deadline().unwrap_or(sent);
         let attempt = async {
             let c = inner.pool.get(&inner).await?;
-            let row = c
-                .client
-                .query_one(&c.st.keepalive, &[&id])
-                .await
-                .map_err(map_error)?;
-            Ok::<bool, Error>(row.get(0))
+            // The reap rides in the same round trip, as a statement (transaction) of its
+            // own; its outcome does not matter to this session.
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+            let (kept, _reaped) = futures::join!(
+                c.client.query_one(&c.st.keepalive, &args),
+                c.client.execute(&c.st.reap, &[])
+            );
+            Ok::<bool, Error>(kept.map_err(map_error)?.get(0))
         };
         tokio::pin!(attempt);
         let answer = tokio::select! {
