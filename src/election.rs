@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use futures::Stream;
-use queuelock_core::{LockName, LossReason, NodeKind, Op, Result};
+use queuelock_core::{Ahead, LockName, LossReason, NodeKind, Op, Result};
 
 use crate::guard::Guard;
-use crate::queue::{self, predecessor, Context, Request};
+use crate::queue::{self, Context, Request};
 
 /// The current leader as others see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl Election {
     pub async fn campaign(&self, value: impl Into<Vec<u8>>) -> Result<Leadership> {
         let req = Request {
             payload: Some(value.into()),
-            ..Request::new(self.name.as_str(), NodeKind::Latch, predecessor)
+            ..Request::new(self.name.as_str(), NodeKind::Latch, Ahead::Predecessor)
         };
         let lease = queue::acquire(&self.ctx, req).await?;
         Ok(Leadership {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{LockName, NodeKind, Result};
+use queuelock_core::{Ahead, LockName, NodeKind, Result};
 
 use crate::guard::{Guard, HoldCount};
 use crate::metadata::QueueEntry;
@@ -66,7 +66,7 @@ impl Inner {
     }
 
     fn request(&self) -> Request<'_> {
-        Request::new(self.name.as_str(), NodeKind::Lock, predecessor)
+        Request::new(self.name.as_str(), NodeKind::Lock, Ahead::Predecessor)
     }
 }
 

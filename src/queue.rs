@@ -1,14 +1,15 @@
 //! The shared queue algorithm, the bottom layer of this crate: how a waiter joins a
 //! queue, finds the one node it must wait for, waits without polling, and turns into a
 //! held [`Lease`]. All waiting lives here; recipes only supply a [`Request`] (a queue, a
-//! node kind and a [`WaitRule`]).
+//! node kind and the [`Ahead`] it waits for).
 //!
-//! 1. Create our ephemeral sequential node; the backend returns the queue as seen right
-//!    after (one round trip).
-//! 2. The rule names the **one** node we must wait for, or none: granted.
-//! 3. Otherwise wait for that node's deletion, our own node's deletion, our session's
-//!    loss, or cancellation; then list again and go to 2. A grant is only ever decided on
-//!    a listing that still contains our node, read from a session that is not lost.
+//! 1. Create our ephemeral sequential node; the backend answers, in the same round trip
+//!    where it can, the waiter's read: the **one** node our [`Ahead`] selects before ours.
+//! 2. No such node: granted.
+//! 3. Otherwise wait for that node's deletion, our session's loss, or cancellation; then
+//!    read again (the one node we wait for now, with our own node: O(1) where the store
+//!    can) and go to 2. A grant is only ever decided on a read that still saw our node,
+//!    from a session that is not lost.
 //! 4. With an [`Admission`] (the semaphore) the grant is only a turn at the head of a
 //!    waiting line: the head watches a holders directory and enters it (a node of its
 //!    own there) as soon as the admission rule lets it, then leaves the line.
@@ -31,7 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use queuelock_core::{Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState};
+use queuelock_core::{
+    Ahead, Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState,
+};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -121,7 +124,8 @@ pub(crate) struct Request<'a> {
     /// keeps its queue under the name (the semaphore's `NAME/waiters`).
     pub name: &'a str,
     pub kind: NodeKind,
-    pub rule: WaitRule,
+    /// The one earlier node this waiter waits for.
+    pub ahead: Ahead,
     /// The node's payload; `None` for holder metadata.
     pub payload: Option<Vec<u8>>,
     /// `Some`: `queue` is a waiting line and the hold is a node in another directory.
@@ -163,13 +167,13 @@ impl Deadline {
 }
 
 impl<'a> Request<'a> {
-    /// A request for a node of `kind` in `queue`, waiting as `rule` says.
-    pub(crate) fn new(queue: &'a str, kind: NodeKind, rule: WaitRule) -> Self {
+    /// A request for a node of `kind` in `queue`, waiting for what `ahead` selects.
+    pub(crate) fn new(queue: &'a str, kind: NodeKind, ahead: Ahead) -> Self {
         Request {
             queue,
             name: queue,
             kind,
-            rule,
+            ahead,
             payload: None,
             admission: None,
             deadline: None,
@@ -335,22 +339,22 @@ async fn join<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Res
 async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Result<M::Output> {
     let session = ctx.session().await?;
     let payload = req.payload.clone().unwrap_or_else(|| ctx.payload());
-    let mut pending = Pending::new(session.clone(), NodeSpec::new(req.queue, req.kind, payload));
-    let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
+    let spec = NodeSpec::new(req.queue, req.kind, payload).with_ahead(req.ahead);
+    let mut pending = Pending::new(session.clone(), spec);
+    let created = retry(&*session, || session.create_sequential(&pending.spec))
+        .await
+        .map_err(|e| gone(&*session, e))?;
     let me = created.node;
     pending.node = Some(me.clone());
-    let mut listing = created.listing;
-    if let Some(ahead) = listing.position(&me.key) {
+    if let Some(ahead) = created.ahead {
         labels.queue_depth(ahead);
         tracing::Span::current().record("position", ahead);
     }
+    let mut read = created.turn;
     let turn = loop {
-        let Some(idx) = listing.position(&me.key) else {
-            return Err(vanished(&*session));
-        };
-        let Some(blocker) = (req.rule)(&listing.nodes, idx) else {
-            // Granted on a listing that contains our node; refuse if the session has been
-            // lost since (never grant after lease loss).
+        let Some(blocker) = read.blocker else {
+            // Granted on a read that saw our node; refuse if the session has been lost
+            // since (never grant after lease loss).
             if *session.state().borrow() == SessionState::Lost {
                 return Err(Error::SessionExpired(session.id()));
             }
@@ -359,17 +363,20 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             // With an admission this is only a turn in the waiting line: the hold is the
             // holder node entered next.
             let hold = req.admission.is_none().then(|| hold_record(labels));
-            break Lease::grant(session.clone(), me, listing.revision, ctx.policy, hold);
+            break Lease::grant(session.clone(), me, read.revision, ctx.policy, hold);
         };
         if let Some(out) = M::busy() {
             pending.remove().await;
             return Ok(out);
         }
-        let blocker = listing.nodes[blocker].key.clone();
-        tracing::trace!(lock = req.queue, waiting_for = %blocker, "queued");
-        wait_turn(&*session, &blocker, &me.key, listing.revision).await?;
+        tracing::trace!(lock = req.queue, waiting_for = %blocker.key, "queued");
+        wait_turn(&*session, &blocker.key, read.revision).await?;
         labels.wakeup();
-        listing = retry(&*session, || session.list(req.queue)).await?;
+        // The one node we wait for now (and proof that ours still exists): O(1) where the
+        // store can read just that node.
+        read = retry(&*session, || session.turn(req.queue, &me, req.ahead))
+            .await
+            .map_err(|e| gone(&*session, e))?;
     };
     match &req.admission {
         None => Ok(M::granted(turn)),
@@ -483,13 +490,14 @@ async fn enter(
     kind: NodeKind,
     labels: &Labels,
 ) -> Result<Arc<Lease>> {
-    let mut pending = Pending::new(session.clone(), NodeSpec::new(queue, kind, ctx.payload()));
+    let spec = NodeSpec::new(queue, kind, ctx.payload()).with_ahead(Ahead::Nothing);
+    let mut pending = Pending::new(session.clone(), spec);
     let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
     pending.disarm();
     Ok(Lease::grant(
         session,
         created.node,
-        created.listing.revision,
+        created.turn.revision,
         ctx.policy,
         Some(hold_record(labels)),
     ))
@@ -522,40 +530,40 @@ async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
     }
 }
 
-/// Waits until `blocker` is gone. Errors if our own node goes or the session is lost.
-/// Returns `Ok` after a broken watch too: the caller lists again either way.
+/// Waits until `blocker` is gone. Errors if the session is lost. Returns `Ok` after a
+/// broken watch too: the caller reads again either way.
 ///
-/// Cancel safety: safe; dropping it cancels the watches.
-async fn wait_turn(session: &dyn Session, blocker: &str, me: &str, since: u64) -> Result<()> {
-    enum Woke {
-        Blocker(Result<()>),
-        Me(Result<()>),
-        Lost,
-    }
+/// Our own node is not watched: the session's state reports its loss, and the read after
+/// every wake proves our node still exists (a node deleted by someone else is found
+/// then). Watching it too cost a second notification per release (ZooKeeper fires a
+/// watch on our own delete) and a second watch per waiter.
+///
+/// Cancel safety: safe; dropping it cancels the watch.
+async fn wait_turn(session: &dyn Session, blocker: &str, since: u64) -> Result<()> {
     let mut state = session.state();
     // The select's outputs hold no borrow of the state channel, so the future stays Send.
     let woke = tokio::select! {
-        r = session.deleted(blocker, since) => Woke::Blocker(r),
-        r = session.deleted(me, since) => Woke::Me(r),
-        _ = state.wait_for(|s| *s == SessionState::Lost) => Woke::Lost,
+        r = session.deleted(blocker, since) => Some(r),
+        _ = state.wait_for(|s| *s == SessionState::Lost) => None,
     };
     match woke {
-        Woke::Blocker(Ok(())) => Ok(()),
-        Woke::Me(Ok(())) => Err(vanished(session)),
-        Woke::Blocker(Err(e)) | Woke::Me(Err(e)) if e.is_retryable() => {
-            settle(session, Duration::from_millis(50)).await
-        }
-        Woke::Blocker(Err(e)) | Woke::Me(Err(e)) => Err(e),
-        Woke::Lost => Err(Error::SessionExpired(session.id())),
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) if e.is_retryable() => settle(session, Duration::from_millis(50)).await,
+        Some(Err(e)) => Err(e),
+        None => Err(Error::SessionExpired(session.id())),
     }
 }
 
-/// The error for "our node is not in the queue any more".
-fn vanished(session: &dyn Session) -> Error {
-    if *session.state().borrow() == SessionState::Lost {
-        Error::SessionExpired(session.id())
-    } else {
+/// "Our node is not in the queue any more" told apart: a lost session, or a node deleted
+/// by someone else. Other errors pass through.
+fn gone(session: &dyn Session, e: Error) -> Error {
+    match e {
         Error::LockLost(LossReason::NodeDeleted)
+            if *session.state().borrow() == SessionState::Lost =>
+        {
+            Error::SessionExpired(session.id())
+        }
+        e => e,
     }
 }
 

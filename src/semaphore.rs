@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LockName, NodeKind, Result};
+use queuelock_core::{Ahead, Error, LockName, NodeKind, Result};
 
 use crate::guard::Guard;
 use crate::metadata::QueueEntry;
@@ -131,7 +131,7 @@ impl Semaphore {
                 permits: self.permits,
             }),
             name: self.name.as_str(),
-            ..Request::new(&self.waiters, NodeKind::Permit, predecessor)
+            ..Request::new(&self.waiters, NodeKind::Permit, Ahead::Predecessor)
         }
     }
 

@@ -1,43 +1,36 @@
-//! The waiting rules, written once: given the queue in order and our index in it, the
-//! index of the one node we must wait for (`None`: ours). Each waiter watches one node,
-//! so a release wakes one waiter.
+//! The waiting rules, written once. A waiter names the one node it waits for with an
+//! [`Ahead`] (queuelock-core's: the nearest earlier node, or the nearest earlier non-reader),
+//! which the store reads for it ([`queuelock_core::Session::turn`]); the same rules
+//! over a whole listing tell holders from waiters (`status`). Each waiter watches one
+//! node, so a release wakes one waiter.
 
-use queuelock_core::{Node, NodeKind};
+use queuelock_core::{Ahead, Node, NodeKind};
 
-/// Given the queue in order and our index in it, the index of the node we must wait for
-/// (`None`: the lock is ours).
+/// Given the queue in order and an index in it, the index of the node that node waits
+/// for (`None`: it holds). For reading a whole queue; waiters use an [`Ahead`].
 pub(crate) type WaitRule = fn(&[Node], usize) -> Option<usize>;
 
 /// Mutex, writer, candidate, semaphore waiting line: the immediate predecessor.
-pub(crate) fn predecessor(_nodes: &[Node], me: usize) -> Option<usize> {
-    me.checked_sub(1)
+pub(crate) fn predecessor(nodes: &[Node], me: usize) -> Option<usize> {
+    Ahead::Predecessor.find(nodes, me)
 }
 
-/// A reader waits only on the nearest earlier node that is not a reader (a writer, a
-/// mutex holder, or a node some other tool wrote): readers share until the next queued
-/// writer, and every reader queued behind that writer waits for it, so writers never
-/// starve.
-pub(crate) fn nearest_earlier_writer(nodes: &[Node], me: usize) -> Option<usize> {
-    nodes[..me].iter().rposition(|n| n.kind != NodeKind::Read)
-}
-
-/// The rule of a read-write queue's node of `kind`: readers share, anything else is
-/// exclusive.
-pub(crate) fn shared_or_exclusive(kind: NodeKind) -> WaitRule {
-    match kind {
-        NodeKind::Read => nearest_earlier_writer,
-        _ => predecessor,
-    }
+/// What a read-write queue's node of `kind` waits for: a reader only for the nearest
+/// earlier node that is not a reader (a writer, a mutex holder, or a node some other tool
+/// wrote), so readers share until the next queued writer and writers never starve;
+/// anything else for its predecessor.
+pub(crate) fn shared_or_exclusive(kind: NodeKind) -> Ahead {
+    Ahead::for_kind(kind)
 }
 
 /// A read-write queue seen whole: each node follows the rule of its own kind.
 pub(crate) fn by_kind(nodes: &[Node], me: usize) -> Option<usize> {
-    shared_or_exclusive(nodes[me].kind)(nodes, me)
+    shared_or_exclusive(nodes[me].kind).find(nodes, me)
 }
 
 /// A holders directory: every node in it holds.
-pub(crate) fn everyone_holds(_nodes: &[Node], _me: usize) -> Option<usize> {
-    None
+pub(crate) fn everyone_holds(nodes: &[Node], me: usize) -> Option<usize> {
+    Ahead::Nothing.find(nodes, me)
 }
 
 /// The semaphore's admission rule: the head of the waiting line enters while fewer than
@@ -67,15 +60,12 @@ mod tests {
             .enumerate()
             .map(|(i, k)| node(*k, i as u64))
             .collect();
-        assert_eq!(nearest_earlier_writer(&q, 0), None);
-        assert_eq!(nearest_earlier_writer(&q, 2), Some(1));
-        assert_eq!(nearest_earlier_writer(&q, 3), Some(1));
-        assert_eq!(nearest_earlier_writer(&q, 5), Some(4));
-        assert_eq!(
-            nearest_earlier_writer(&q, 7),
-            Some(6),
-            "unknown nodes are exclusive"
-        );
+        let reader = |me| shared_or_exclusive(Read).find(&q, me);
+        assert_eq!(reader(0), None);
+        assert_eq!(reader(2), Some(1));
+        assert_eq!(reader(3), Some(1));
+        assert_eq!(reader(5), Some(4));
+        assert_eq!(reader(7), Some(6), "unknown nodes are exclusive");
         assert_eq!(predecessor(&q, 4), Some(3));
         assert_eq!(predecessor(&q, 0), None);
     }

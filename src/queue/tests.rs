@@ -40,7 +40,7 @@ impl SessionSource for Fixed {
 }
 
 fn lock(queue: &str) -> Request<'_> {
-    Request::new(queue, NodeKind::Lock, predecessor)
+    Request::new(queue, NodeKind::Lock, Ahead::Predecessor)
 }
 
 fn grants(ctx: &Context) -> u64 {
@@ -267,7 +267,7 @@ async fn admission_lets_the_head_in_while_permits_are_free() {
             holders: "s/holders",
             permits: 2,
         }),
-        ..Request::new("s/waiters", NodeKind::Permit, predecessor)
+        ..Request::new("s/waiters", NodeKind::Permit, Ahead::Predecessor)
     };
     let one = acquire(&ctx, permit()).await.expect("first");
     let two = try_acquire(&ctx, permit()).await.expect("second");

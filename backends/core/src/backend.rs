@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::Result;
-use crate::node::{Created, Listing, Node, NodeSpec, Op, Revision};
+use crate::node::{Ahead, Created, Listing, Node, NodeSpec, Op, Revision, Turn};
 use crate::session::{SessionId, SessionState};
 
 /// A coordination store: opens sessions. Object safe: the facade holds an
@@ -87,7 +87,8 @@ pub trait Session: Send + Sync + fmt::Debug {
     }
 
     /// Creates an ephemeral node owned by this session in `spec.queue`, at the end of the
-    /// queue's total order, and reads the queue (in one round trip where the backend
+    /// queue's total order, and answers the waiter's read for it (what `spec.ahead`
+    /// selects ahead of it, as [`Session::turn`]; in one round trip where the backend
     /// can). Idempotent per `spec.id`: a retry after connection loss returns the node
     /// created by the first try instead of creating a second one.
     ///
@@ -106,6 +107,20 @@ pub trait Session: Send + Sync + fmt::Debug {
     ///
     /// Cancel safety: safe (read only).
     async fn list(&self, queue: &str) -> Result<Listing>;
+
+    /// The waiter's read: the one node that `me` (a node of `queue`) waits for as
+    /// `ahead` says, read together with `me` itself, without reading the whole queue
+    /// where the store can (etcd: one range, `limit 1`, sorted by create revision
+    /// descending, `max_create_revision` = ours − 1). This is what keeps a handoff O(1)
+    /// at any queue length; full listings ([`Session::list`]) are for rules that need
+    /// them. The default reads the whole queue.
+    ///
+    /// Errors: [`crate::Error::LockLost`] if `me` no longer exists.
+    ///
+    /// Cancel safety: safe (read only).
+    async fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
+        self.list(queue).await?.turn(&me.key, ahead)
+    }
 
     /// Resolves when `key` does not exist: at once if it is already gone, otherwise when
     /// it is deleted. `since` is a revision at which `key` was known to exist (the

@@ -52,7 +52,7 @@ mod tls;
 pub use backend::{Backend, Session, SessionOptions};
 pub use error::{BoxError, Error, Result};
 pub use name::{LockName, NameError, MAX_NAME_LEN, MAX_SEGMENT_LEN};
-pub use node::{Created, Listing, Node, NodeKind, NodeSpec, Op, Revision};
+pub use node::{Ahead, Created, Listing, Node, NodeKind, NodeSpec, Op, Revision, Turn};
 pub use session::{LossReason, SessionId, SessionState, SessionStatus};
 pub use tls::TlsPem;
 

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+};
 use queuelock_core::{
-    Created, Error, Listing, LossReason, Node, NodeSpec, Op, Result, Session, SessionId,
-    SessionState, SessionStatus,
+    Ahead, Created, Error, Listing, LossReason, Node, NodeSpec, Op, Result, Session, SessionId,
+    SessionState, SessionStatus, Turn,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -115,32 +117,108 @@ impl EtcdSession {
         self.inner.client.kv_client()
     }
 
+    /// A key of `queue`'s directory as a node of the queue; `None` for a nested queue's
+    /// key (or one that is not UTF-8).
+    fn node_of(&self, queue: &str, kv: &etcd_client::KeyValue) -> Option<Node> {
+        let dir = self.inner.keys.queue_dir(queue);
+        let Ok(key) = kv.key_str() else {
+            tracing::warn!(queue, key = ?kv.key(), "ignoring a key that is not UTF-8");
+            return None;
+        };
+        let name = key.strip_prefix(&dir)?;
+        if name.is_empty() || name.contains('/') {
+            return None; // a nested queue, not a node of this one
+        }
+        Some(Node {
+            key: self.inner.keys.rel(key).to_owned(),
+            sequence: kv.create_revision() as u64,
+            token: kv.create_revision() as u64,
+            kind: parse_kind(name),
+        })
+    }
+
     /// The queue's direct children in `create_revision` order.
     fn listing(&self, queue: &str, kvs: &[etcd_client::KeyValue], revision: i64) -> Listing {
-        let dir = self.inner.keys.queue_dir(queue);
         let mut nodes: Vec<Node> = kvs
             .iter()
-            .filter_map(|kv| {
-                let Ok(key) = kv.key_str() else {
-                    tracing::warn!(queue, key = ?kv.key(), "ignoring a key that is not UTF-8");
-                    return None;
-                };
-                let name = key.strip_prefix(&dir)?;
-                if name.is_empty() || name.contains('/') {
-                    return None; // a nested queue, not a node of this one
-                }
-                Some(Node {
-                    key: self.inner.keys.rel(key).to_owned(),
-                    sequence: kv.create_revision() as u64,
-                    token: kv.create_revision() as u64,
-                    kind: parse_kind(name),
-                })
-            })
+            .filter_map(|kv| self.node_of(queue, kv))
             .collect();
         nodes.sort_by_key(|n| n.sequence);
         Listing {
             nodes,
             revision: revision as u64,
+        }
+    }
+
+    /// The read of up to `limit` keys of `queue`'s directory created before revision
+    /// `before`, newest first: how a waiter finds the one node it waits for without
+    /// reading the queue (Go's Mutex reads its predecessor the same way). etcd sorts on
+    /// the server; only `limit` keys cross the network.
+    fn older(&self, queue: &str, before: i64, limit: i64) -> TxnOp {
+        TxnOp::get(
+            self.inner.keys.queue_dir(queue),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_max_create_revision(before - 1)
+                    .with_limit(limit),
+            ),
+        )
+    }
+
+    /// The first node of `kvs` (newest first) that `ahead` selects, or where to read on:
+    /// `Err(revision)` when every key was passed over and there may be older ones (the
+    /// page was full), below the oldest key seen.
+    fn pick(
+        &self,
+        queue: &str,
+        kvs: &[etcd_client::KeyValue],
+        ahead: Ahead,
+        limit: i64,
+    ) -> std::result::Result<Option<Node>, i64> {
+        if let Some(n) = kvs
+            .iter()
+            .filter_map(|kv| self.node_of(queue, kv))
+            .find(|n| ahead.selects(n.kind))
+        {
+            return Ok(Some(n));
+        }
+        match kvs.last() {
+            Some(last) if kvs.len() as i64 >= limit => Err(last.create_revision()),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads on from a page that passed over every key (nested queues' keys, or readers
+    /// for a reader), in pages that double, until a node `ahead` selects or the start of
+    /// the queue. Rare: a mutex's first page is its predecessor.
+    ///
+    /// Cancel safety: safe (read only).
+    async fn scan_older(&self, queue: &str, mut before: i64, ahead: Ahead) -> Result<Turn> {
+        let mut limit = 16;
+        loop {
+            let resp = self
+                .kv()
+                .txn(Txn::new().and_then([self.older(queue, before, limit)]))
+                .await
+                .map_err(|e| self.fail(e))?;
+            let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+            match self.pick(queue, &get_response(&resp), ahead, limit) {
+                Ok(blocker) => return Ok(Turn { blocker, revision }),
+                Err(below) => before = below,
+            }
+            limit = (limit * 2).min(1024);
+        }
+    }
+
+    /// How many keys the first page of a waiter's read asks for.
+    fn first_page(ahead: Ahead) -> i64 {
+        match ahead {
+            // Readers often queue behind readers: skip a few in the same round trip.
+            Ahead::NearestNonReader => 16,
+            _ => 1,
         }
     }
 }
@@ -250,7 +328,9 @@ impl Session for EtcdSession {
     }
 
     /// One round trip: a transaction creates our key if absent (bound to the lease) and
-    /// reads the queue in either branch.
+    /// reads the newest keys of the queue's directory, which are ours and the one we wait
+    /// for (and counts the directory, for the queue depth). A retried create whose key
+    /// exists already reads it and then waits as [`Session::turn`] (a second round trip).
     ///
     /// Cancel safety: a dropped call may have created the key; `abandon` removes it.
     async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created> {
@@ -258,12 +338,21 @@ impl Session for EtcdSession {
         let key = self.inner.keys.node(self.lease, spec);
         let tomb = self.inner.keys.tombstone(self.lease, spec);
         let dir = self.inner.keys.queue_dir(&spec.queue);
-        let read = || {
-            TxnOp::get(
-                dir.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            )
+        // Ours is the newest key right after the put: ask for it and the page behind it.
+        let limit = match spec.ahead {
+            Ahead::Nothing => 1,
+            ahead => 1 + Self::first_page(ahead),
         };
+        let newest = TxnOp::get(
+            dir,
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_limit(limit),
+            ),
+        );
         let txn = Txn::new()
             .when([
                 Compare::create_revision(key.clone(), CompareOp::Equal, 0),
@@ -277,13 +366,90 @@ impl Session for EtcdSession {
                     spec.payload.clone(),
                     Some(PutOptions::new().with_lease(self.lease)),
                 ),
-                read(),
+                newest,
             ])
-            .or_else([read()]);
+            .or_else([TxnOp::get(
+                key.clone(),
+                Some(GetOptions::new().with_keys_only()),
+            )]);
         let resp = self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        self.listing(&spec.queue, &get_response(&resp), revision)
-            .created(self.inner.keys.rel(&key))
+        let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+        let (kvs, count) = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => Some((g.kvs().to_vec(), g.count())),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let rel = self.inner.keys.rel(&key).to_owned();
+        let node = kvs
+            .first()
+            .and_then(|kv| self.node_of(&spec.queue, kv))
+            .filter(|n| n.key == rel)
+            // Absent: the attempt was abandoned (its tombstone stopped the create).
+            .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+        if !resp.succeeded() {
+            // A retry of a create that took effect: read our turn afresh.
+            let turn = self.turn(&spec.queue, &node, spec.ahead).await?;
+            return Ok(Created {
+                node,
+                turn,
+                ahead: None,
+            });
+        }
+        let turn = match spec.ahead {
+            Ahead::Nothing => Turn {
+                blocker: None,
+                revision,
+            },
+            ahead => match self.pick(&spec.queue, &kvs[1..], ahead, limit - 1) {
+                Ok(blocker) => Turn { blocker, revision },
+                Err(below) => self.scan_older(&spec.queue, below, ahead).await?,
+            },
+        };
+        Ok(Created {
+            node,
+            turn,
+            // Every key under the queue's prefix, as Go's Mutex orders them.
+            ahead: Some(count.saturating_sub(1) as usize),
+        })
+    }
+
+    /// One round trip: a transaction reads our key (is it still the same node?) and the
+    /// nearest older key of the queue's directory (`limit`, sorted by create revision
+    /// descending, `max_create_revision` = ours − 1), as Go's Mutex reads its
+    /// predecessor. Only that key crosses the network, so a handoff costs the same at
+    /// any queue length.
+    ///
+    /// Cancel safety: safe (read only).
+    async fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
+        self.check()?;
+        let key = self.inner.keys.abs(&me.key);
+        let limit = Self::first_page(ahead);
+        let mut ops = vec![TxnOp::get(key, Some(GetOptions::new().with_keys_only()))];
+        if ahead != Ahead::Nothing && me.sequence > 1 {
+            ops.push(self.older(queue, me.sequence as i64, limit));
+        }
+        let resp = self
+            .kv()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| self.fail(e))?;
+        let revision = resp.header().map_or(0, |h| h.revision()) as u64;
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g.kvs().to_vec()),
+            _ => None,
+        });
+        let mine = gets.next().unwrap_or_default();
+        if mine.first().map(|kv| kv.create_revision() as u64) != Some(me.token) {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        }
+        let older = gets.next().unwrap_or_default();
+        match self.pick(queue, &older, ahead, limit) {
+            Ok(blocker) => Ok(Turn { blocker, revision }),
+            Err(below) => self.scan_older(queue, below, ahead).await,
+        }
     }
 
     /// Deletes the attempt's key and leaves a lease-bound tombstone that makes a create

@@ -18,7 +18,7 @@
 //! let store = MemoryBackend::new();
 //! let session = store.open_session(&SessionOptions::default()).await?;
 //! let created = session.create_sequential(&NodeSpec::new("jobs", NodeKind::Lock, vec![])).await?;
-//! assert_eq!(created.listing.nodes, vec![created.node.clone()]);
+//! assert_eq!(created.turn.blocker, None); // first in the queue: nothing to wait for
 //! store.expire_session(session.id());
 //! assert!(session.list("jobs").await.is_err()); // our session is gone
 //! # Ok(()) }

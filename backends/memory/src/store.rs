@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use queuelock_core::{
-    Backend, Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result, Session,
-    SessionId, SessionOptions, SessionState, SessionStatus,
+    Ahead, Backend, Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result,
+    Session, SessionId, SessionOptions, SessionState, SessionStatus, Turn,
 };
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -29,6 +29,8 @@ struct State {
     revision: u64,
     next_session: u64,
     entries: BTreeMap<String, Entry>,
+    /// Each queue's nodes by sequence: the waiter's read finds its one node in O(log n).
+    queues: HashMap<String, BTreeMap<u64, (String, NodeKind)>>,
     sessions: HashMap<u64, SessionRec>,
     /// Deletion watches by key; each fires once.
     watchers: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
@@ -92,6 +94,9 @@ impl State {
         let Some(entry) = self.entries.remove(key) else {
             return false;
         };
+        if entry.kind.is_some() {
+            self.unindex(key, entry.create_rev);
+        }
         self.bump();
         self.touch_queue(key);
         for (watcher, w) in self.watchers.remove(key).unwrap_or_default() {
@@ -132,18 +137,62 @@ impl State {
     }
 
     fn listing(&self, queue: &str) -> Listing {
-        let prefix = format!("{queue}/");
-        let mut nodes: Vec<Node> = self
-            .entries
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(k, e)| e.kind.is_some() && !k[prefix.len()..].contains('/'))
-            .filter_map(|(k, _)| self.node(k))
+        let nodes = self
+            .queues
+            .get(queue)
+            .into_iter()
+            .flatten()
+            .map(|(&seq, (key, kind))| Node {
+                key: key.clone(),
+                sequence: seq,
+                token: seq,
+                kind: *kind,
+            })
             .collect();
-        nodes.sort_by_key(|n| n.sequence);
         Listing {
             nodes,
             revision: self.revision,
+        }
+    }
+
+    /// The waiter's read, from the queue's index: the nearest earlier node `ahead`
+    /// selects, if `me` (same key and token) still exists.
+    fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
+        if self.entries.get(&me.key).map(|e| e.create_rev) != Some(me.token) {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        }
+        let blocker = self.queues.get(queue).and_then(|q| {
+            q.range(..me.sequence)
+                .rev()
+                .find(|(_, (_, kind))| ahead.selects(*kind))
+                .map(|(&seq, (key, kind))| Node {
+                    key: key.clone(),
+                    sequence: seq,
+                    token: seq,
+                    kind: *kind,
+                })
+        });
+        Ok(Turn {
+            blocker,
+            revision: self.revision,
+        })
+    }
+
+    fn index(&mut self, queue: &str, key: &str, seq: u64, kind: NodeKind) {
+        self.queues
+            .entry(queue.to_owned())
+            .or_default()
+            .insert(seq, (key.to_owned(), kind));
+    }
+
+    fn unindex(&mut self, key: &str, seq: u64) {
+        if let Some((queue, _)) = key.rsplit_once('/') {
+            if let Some(q) = self.queues.get_mut(queue) {
+                q.remove(&seq);
+                if q.is_empty() {
+                    self.queues.remove(queue);
+                }
+            }
         }
     }
 }
@@ -417,6 +466,7 @@ impl Session for MemorySession {
                 if let Some(rec) = st.sessions.get_mut(&self.id) {
                     rec.attempts.insert(spec.id, key.clone());
                 }
+                st.index(&spec.queue, &key, rev, spec.kind);
                 st.touch_queue(&key);
                 Node {
                     key,
@@ -426,8 +476,12 @@ impl Session for MemorySession {
                 }
             }
         };
-        let listing = st.listing(&spec.queue);
-        Ok(Created { node, listing })
+        let turn = st.turn(&spec.queue, &node, spec.ahead)?;
+        let ahead = st
+            .queues
+            .get(&spec.queue)
+            .map(|q| q.range(..node.sequence).count());
+        Ok(Created { node, turn, ahead })
     }
 
     /// Cancel safety: safe.
@@ -457,6 +511,14 @@ impl Session for MemorySession {
         let st = self.backend.lock();
         st.check(self.id)?;
         Ok(st.listing(queue))
+    }
+
+    /// Cancel safety: safe (read only).
+    async fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
+        self.gate().await?;
+        let st = self.backend.lock();
+        st.check(self.id)?;
+        st.turn(queue, me, ahead)
     }
 
     /// Cancel safety: safe.

@@ -98,7 +98,7 @@ async fn curator_protected_names_and_container_parents() {
             .expect("node exists");
         assert_eq!(stat.ephemeral_owner, s.id().0 as i64, "not ephemeral/ours");
         assert_eq!(c.node.token, stat.czxid as u64, "token is not the czxid");
-        assert!(c.listing.revision > 0);
+        assert!(c.turn.revision > 0);
     }
     let parent = raw
         .check_stat(&abs(&q))
@@ -164,11 +164,11 @@ async fn foreign_names_are_ordered_by_sequence() {
     );
     assert_eq!(listing.nodes[2].key, format!("{q}/lock-0000000002"));
     assert_eq!(listing.nodes[4].key, last.node.key);
-    // The create's listing is the same, with the exact token of our own node only.
-    assert_eq!(last.listing.revision, listing.revision);
-    let mut expected = listing.nodes.clone();
-    expected[4].token = last.node.token;
-    assert_eq!(last.listing.nodes, expected);
+    // The create's answer was read at the same revision and waits for the node before
+    // ours (whoever wrote it), counting every node ahead.
+    assert_eq!(last.turn.revision, listing.revision);
+    assert_eq!(last.turn.blocker.as_ref(), Some(&listing.nodes[3]));
+    assert_eq!(last.ahead, Some(4));
     s.close().await.expect("close");
 }
 
@@ -184,7 +184,7 @@ async fn retry_adopts_only_our_own_node() {
     // The retry finds and returns the same node.
     let again = s.create_sequential(&spec).await.expect("retry");
     assert_eq!(again.node, first.node);
-    assert_eq!(again.listing.nodes.len(), 1);
+    assert_eq!(again.turn.blocker, None);
     // Our node goes; another session creates one with our attempt's uuid.
     s.delete(&first.node).await.expect("delete");
     let eph = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
@@ -205,8 +205,11 @@ async fn retry_adopts_only_our_own_node() {
         .expect("stat")
         .expect("exists");
     assert_eq!(stat.ephemeral_owner, s.id().0 as i64);
-    let keys: Vec<String> = third.listing.nodes.iter().map(|n| n.key.clone()).collect();
-    assert_eq!(keys, vec![foreign.clone(), third.node.key.clone()]);
+    assert_eq!(
+        third.turn.blocker.map(|n| n.key),
+        Some(foreign.clone()),
+        "our new node waits for the foreign one"
+    );
     // abandon removes ours, not the foreign one.
     s.abandon(&spec).await.expect("abandon");
     let keys: Vec<String> = s
@@ -604,15 +607,9 @@ async fn create_adopts_after_connection_loss() {
         .expect("exists");
     assert_eq!(created.node.token, stat.czxid as u64);
     assert_eq!(stat.ephemeral_owner, s.id().0 as i64);
-    let keys: Vec<&str> = created
-        .listing
-        .nodes
-        .iter()
-        .map(|n| n.key.as_str())
-        .collect();
     assert_eq!(
-        keys,
-        vec![first.node.key.as_str(), created.node.key.as_str()]
+        created.turn.blocker.as_ref().map(|n| n.key.as_str()),
+        Some(first.node.key.as_str())
     );
     assert_eq!(*s.state().borrow(), SessionState::Live);
     s.close().await.expect("close");

@@ -34,25 +34,29 @@ async fn keys(s: &dyn Session, queue: &str) -> Vec<String> {
 }
 
 /// Create is idempotent per spec id; nodes are ordered by creation with increasing tokens;
-/// the creation's listing includes the new node.
+/// the creation's answer names the node it waits for (its predecessor).
 pub async fn create_is_idempotent_and_ordered(h: &dyn Harness) {
     let s = open(h).await;
     let q = h.unique_name("order");
-    let mut created = Vec::new();
+    let mut created: Vec<crate::Node> = Vec::new();
     for i in 0..3u8 {
         let sp = spec(&q, NodeKind::Lock, &[i]);
         let c = s.create_sequential(&sp).await.expect("create");
-        assert!(
-            c.listing.position(&c.node.key).is_some(),
-            "listing lacks our node"
-        );
         assert_eq!(
-            c.listing.nodes.last().map(|n| (&n.key, n.sequence)),
-            Some((&c.node.key, c.node.sequence)),
-            "new node is not last"
+            c.turn.blocker.as_ref().map(|n| (&n.key, n.sequence)),
+            created.last().map(|n| (&n.key, n.sequence)),
+            "the create's answer does not name the predecessor"
         );
+        if let Some(ahead) = c.ahead {
+            assert_eq!(ahead, created.len(), "nodes ahead at create");
+        }
         let again = s.create_sequential(&sp).await.expect("create again");
         assert_eq!(again.node, c.node, "create is not idempotent per spec id");
+        assert_eq!(
+            again.turn.blocker.map(|n| n.key),
+            c.turn.blocker.map(|n| n.key),
+            "a repeated create waits for a different node"
+        );
         created.push(c.node);
     }
     let listing = s.list(&q).await.expect("list");
@@ -82,6 +86,69 @@ pub async fn create_is_idempotent_and_ordered(h: &dyn Harness) {
         "tokens must grow"
     );
     assert!(created.iter().all(|n| n.kind == NodeKind::Lock));
+    s.close().await.expect("close");
+}
+
+/// The waiter's read names the one node each rule waits for, and fails once the waiter's
+/// own node is gone; a create's answer is the same read.
+pub async fn turn_names_the_one_node_to_wait_for(h: &dyn Harness) {
+    use crate::Ahead;
+    let s = open(h).await;
+    let q = h.unique_name("turn");
+    let mut nodes = Vec::new();
+    for kind in [
+        NodeKind::Read,
+        NodeKind::Write,
+        NodeKind::Read,
+        NodeKind::Read,
+    ] {
+        let c = s
+            .create_sequential(&spec(&q, kind, b""))
+            .await
+            .expect("create");
+        let want = Ahead::for_kind(kind)
+            .find(&nodes, nodes.len())
+            .map(|i| &nodes[i]);
+        assert_eq!(
+            c.turn.blocker.as_ref().map(|n: &crate::Node| &n.key),
+            want.map(|n: &crate::Node| &n.key),
+            "create's answer for a {kind:?} node"
+        );
+        nodes.push(c.node);
+    }
+    let turn = |me: usize, ahead: Ahead| {
+        let (s, q, me) = (s.clone(), q.clone(), nodes[me].clone());
+        async move { s.turn(&q, &me, ahead).await }
+    };
+    let key = |t: crate::Turn| t.blocker.map(|n| n.key);
+    assert_eq!(
+        key(turn(3, Ahead::NearestNonReader).await.expect("turn")),
+        Some(nodes[1].key.clone()),
+        "a reader waits for the nearest earlier writer"
+    );
+    assert_eq!(
+        key(turn(3, Ahead::Predecessor).await.expect("turn")),
+        Some(nodes[2].key.clone())
+    );
+    assert_eq!(key(turn(0, Ahead::Predecessor).await.expect("turn")), None);
+    assert_eq!(key(turn(3, Ahead::Nothing).await.expect("turn")), None);
+    // The writer leaves: the readers behind it are each other's turn.
+    s.delete(&nodes[1]).await.expect("delete");
+    assert_eq!(
+        key(turn(3, Ahead::NearestNonReader).await.expect("turn")),
+        None
+    );
+    assert_eq!(
+        key(turn(2, Ahead::Predecessor).await.expect("turn")),
+        Some(nodes[0].key.clone()),
+        "the nearest earlier node, skipping the deleted one"
+    );
+    let t = turn(3, Ahead::Predecessor).await.expect("turn");
+    assert!(t.revision > 0, "the read has a revision");
+    match turn(1, Ahead::Predecessor).await {
+        Err(Error::LockLost(LossReason::NodeDeleted)) => {}
+        other => panic!("turn of a deleted node: {other:?}"),
+    }
     s.close().await.expect("close");
 }
 
@@ -451,6 +518,7 @@ macro_rules! contract_tests {
     ($harness:expr) => {
         $crate::__contract_tests!($harness;
             create_is_idempotent_and_ordered,
+            turn_names_the_one_node_to_wait_for,
             list_only_direct_children,
             kinds_round_trip,
             deleted_fires,

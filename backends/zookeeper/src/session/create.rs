@@ -69,21 +69,23 @@ impl ZkSession {
         Ok(None)
     }
 
-    /// Our node `key` (with `token`) plus a fresh listing of its queue, after `find_own`.
+    /// Our node `key` (with `token`) and its turn from a fresh listing of its queue, after
+    /// `find_own`.
     async fn adopt(
         &self,
         client: &Client,
-        queue: &str,
+        spec: &NodeSpec,
         key: String,
         token: u64,
     ) -> Result<Created> {
+        let queue = spec.queue.as_str();
         let (children, stat) = client
             .get_children(&self.path(queue))
             .await
             .map_err(|e| self.fail(e))?;
         let created = self
             .listing(queue, &children, stat.pzxid, Some((&key, token)))
-            .created(&key)?;
+            .created(&key, spec.ahead)?;
         self.own(&created.node.key, created.node.token);
         Ok(created)
     }
@@ -97,7 +99,7 @@ impl ZkSession {
             .note(spec.id);
         if retry {
             if let Some((key, token)) = self.find_own(client, spec).await? {
-                return self.adopt(client, &spec.queue, key, token).await;
+                return self.adopt(client, spec, key, token).await;
             }
         }
         let prefix = format!("{dir}/{}", names::prefix(spec));
@@ -117,7 +119,7 @@ impl ZkSession {
                     let (children, parent) = children.map_err(|e| self.fail(e))?;
                     return self
                         .listing(&spec.queue, &children, parent.pzxid, Some((&key, token)))
-                        .created(&key);
+                        .created(&key, spec.ahead);
                 }
                 Err(ZkError::NoNode) => {
                     // Parent missing (or reaped as an empty container between our mkdir
@@ -127,7 +129,7 @@ impl ZkSession {
                 Err(ZkError::ConnectionLoss) => {
                     // The create may or may not have happened: look for it by its uuid.
                     if let Some((key, token)) = self.find_own(client, spec).await? {
-                        return self.adopt(client, &spec.queue, key, token).await;
+                        return self.adopt(client, spec, key, token).await;
                     }
                     return Err(Error::connection("ZooKeeper connection lost during create"));
                 }
