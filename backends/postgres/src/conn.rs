@@ -40,6 +40,23 @@ pub(crate) struct Statements {
     pub(crate) delete: Statement,
     pub(crate) guarded: Statement,
     pub(crate) reap: Statement,
+    /// The waiter's read for our node found by key (`turn`) or attempt (`created`).
+    pub(crate) turn: Statement,
+    pub(crate) created: Statement,
+}
+
+/// The waiter's read: our node (`WHERE {me}`), the nearest earlier node whose kind is not
+/// in `$2` (none when `$3`), and how many nodes are ahead of ours (with the index on
+/// `(queue, seq)` an index-only count). No row: our node is gone.
+fn turn_sql(s: &str, me: &str) -> String {
+    format!(
+        "SELECT me.key, me.seq, b.key, b.seq, b.kind, \
+         (SELECT count(*) FROM {s}.nodes a WHERE a.queue = me.queue AND a.seq < me.seq) \
+         FROM (SELECT key, seq, queue FROM {s}.nodes WHERE {me}) me \
+         LEFT JOIN LATERAL (SELECT key, seq, kind FROM {s}.nodes x \
+           WHERE x.queue = me.queue AND x.seq < me.seq AND NOT $3 AND x.kind <> ALL($2) \
+           ORDER BY x.seq DESC LIMIT 1) b ON true"
+    )
 }
 
 impl Statements {
@@ -81,6 +98,7 @@ impl Statements {
             p(format!("SELECT {s}.guarded($1, $2, $3, $4, $5)")),
             p(format!("SELECT {s}.reap()")),
         );
+        let (o, q) = futures::join!(p(turn_sql(s, "key = $1")), p(turn_sql(s, "attempt = $1")),);
         Ok(Statements {
             open_session: a?,
             keepalive: b?,
@@ -96,6 +114,8 @@ impl Statements {
             delete: l?,
             guarded: m?,
             reap: n?,
+            turn: o?,
+            created: q?,
         })
     }
 }

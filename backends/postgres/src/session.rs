@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use queuelock_core::{
-    Created, Error, Listing, Node, NodeKind, NodeSpec, Op, Result, Session, SessionId,
-    SessionState, SessionStatus,
+    Ahead, Created, Error, Listing, LossReason, Node, NodeKind, NodeSpec, Op, Result, Session,
+    SessionId, SessionState, SessionStatus, Turn,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -217,6 +217,54 @@ fn listing(rows: Vec<tokio_postgres::Row>) -> Listing {
     }
 }
 
+/// The arguments of the waiter's read for a rule: the kinds it does not wait for, and
+/// whether it waits for nothing at all.
+fn rule(ahead: Ahead) -> (Vec<&'static str>, bool) {
+    let all = [
+        NodeKind::Lock,
+        NodeKind::Read,
+        NodeKind::Write,
+        NodeKind::Latch,
+        NodeKind::Permit,
+        NodeKind::Unknown,
+    ];
+    let skipped = all
+        .into_iter()
+        .filter(|k| !ahead.selects(*k))
+        .map(NodeKind::tag)
+        .collect::<Vec<_>>();
+    let nothing = skipped.len() == all.len();
+    (skipped, nothing)
+}
+
+/// Our node and the waiter's read from a row of the turn statements (see `turn_sql`).
+fn turn_row(r: &tokio_postgres::Row, kind: NodeKind) -> (Node, Turn, usize) {
+    let seq: i64 = r.get(1);
+    let me = Node {
+        key: r.get(0),
+        sequence: seq as u64,
+        token: seq as u64,
+        kind,
+    };
+    let blocker = r.get::<_, Option<String>>(2).map(|key| {
+        let bseq: i64 = r.get(3);
+        Node {
+            key,
+            sequence: bseq as u64,
+            token: bseq as u64,
+            kind: NodeKind::from_tag(r.get(4)),
+        }
+    });
+    let ahead: i64 = r.get(5);
+    let turn = Turn {
+        blocker,
+        // Not needed by `deleted` (which LISTENs before it reads); our token is a point
+        // in the store's history at which our node existed.
+        revision: seq as u64,
+    };
+    (me, turn, ahead as usize)
+}
+
 impl Drop for PgSession {
     fn drop(&mut self) {
         self.keepalive.abort();
@@ -267,8 +315,8 @@ impl Session for PgSession {
         Ok(*self.state.borrow())
     }
 
-    /// The create and the queue read are sent back to back on one connection (which
-    /// runs them in order): one round trip, and the listing includes our node.
+    /// The create and the waiter's read are sent back to back on one connection (which
+    /// runs them in order): one round trip.
     ///
     /// Cancel safety: a dropped call may have created the node; `abandon` removes it.
     async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created> {
@@ -277,10 +325,12 @@ impl Session for PgSession {
             let kind = spec.kind.tag();
             let create_args: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
                 [&self.id, &spec.queue, &kind, &spec.id, &spec.payload];
-            let list_args: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&spec.queue];
+            let (skipped, nothing) = rule(spec.ahead);
+            let turn_args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
+                [&spec.id, &skipped, &nothing];
             let create = c.client.query_one(&c.st.create, &create_args);
-            let list = c.client.query(&c.st.list, &list_args);
-            let (created, rows) = futures::join!(create, list);
+            let turn = c.client.query_opt(&c.st.created, &turn_args);
+            let (created, row) = futures::join!(create, turn);
             let created = created.map_err(|e| {
                 if has_code(&e, "QL002") {
                     Error::LockLost(queuelock_core::LossReason::NodeDeleted)
@@ -293,9 +343,17 @@ impl Session for PgSession {
                     self.fail(e)
                 }
             })?;
-            let key: String = created.get(0);
-            let listing = listing(rows.map_err(|e| self.fail(e))?);
-            listing.created(&key)
+            let _ = created;
+            // No row: our node was deleted between the create and the read.
+            let row = row
+                .map_err(|e| self.fail(e))?
+                .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+            let (node, turn, ahead) = turn_row(&row, spec.kind);
+            Ok(Created {
+                node,
+                turn,
+                ahead: Some(ahead),
+            })
         })
         .await
     }
@@ -320,6 +378,23 @@ impl Session for PgSession {
     async fn list(&self, queue: &str) -> Result<Listing> {
         let c = self.conn().await?;
         self.listing(&c, queue).await
+    }
+
+    /// One statement: our node, and the nearest earlier node the rule selects (an index
+    /// range read backwards from our sequence, `LIMIT 1`).
+    ///
+    /// Cancel safety: safe (read only).
+    async fn turn(&self, queue: &str, me: &Node, ahead: Ahead) -> Result<Turn> {
+        let _ = queue; // our node's row names its queue
+        let c = self.conn().await?;
+        let (skipped, nothing) = rule(ahead);
+        let row = c
+            .client
+            .query_opt(&c.st.turn, &[&me.key, &skipped, &nothing])
+            .await
+            .map_err(|e| self.fail(e))?
+            .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+        Ok(turn_row(&row, me.kind).1)
     }
 
     /// LISTEN on the key's channel, then read the node, then wait for its deletion's
