@@ -638,6 +638,47 @@ mod tests {
     }
 
     #[test]
+    fn postgres_urls() {
+        let c = Config::from_url(
+            "postgres://app:s3cret@db1:6432,db2/appdb?schema=locks&ttl=7s&sslmode=require&ca=/ca.pem",
+        )
+        .expect("parse");
+        assert_eq!(c.ttl, Duration::from_secs(7));
+        match &c.backend {
+            BackendConfig::Postgres {
+                hosts,
+                dbname,
+                user,
+                password,
+                schema,
+                sslmode,
+                tls,
+                ..
+            } => {
+                assert_eq!(hosts, &["db1:6432", "db2:5432"]);
+                assert_eq!(dbname.as_deref(), Some("appdb"));
+                assert_eq!(user, "app");
+                assert_eq!(password.as_ref().map(Secret::expose), Some("s3cret"));
+                assert_eq!(schema, "locks");
+                assert_eq!(sslmode.as_deref(), Some("require"));
+                assert!(tls.as_ref().is_some_and(|t| t.ca.is_some()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.backend.kind(), "postgres");
+        assert!(!format!("{c:?}").contains("s3cret"), "password in Debug");
+        let c = Config::from_url("postgresql://app@h/").expect("parse");
+        assert!(matches!(
+            &c.backend,
+            BackendConfig::Postgres { dbname: None, schema, .. } if schema == "queuelock"
+        ));
+        assert!(err("postgres://h:5432/db").contains("user"));
+        assert!(err("etcd://h:2379?schema=x").contains("postgres"));
+        let e = err("postgres://u:topsecret@h/db?bogus=1");
+        assert!(e.contains("bogus") && !e.contains("topsecret"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_culprit_and_hide_secrets() {
         assert!(err("redis://h:1").contains("\"redis\""));
         assert!(err("etcd://h:1?tll=1s").contains("\"tll\""));

@@ -1,4 +1,5 @@
-//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters.
+//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters and a
+//! PostgreSQL server.
 //!
 //! K worker processes (this binary re-run, each with its own session) loop: acquire the
 //! lock → fenced read of a register → fenced write of value+1 → release, logging every
@@ -9,8 +10,8 @@
 //! `checker.rs` for what it demands) and writes a summary; any violation fails the run
 //! and prints the slice of history around it.
 //!
-//! `cargo test --test jepsen` runs both backends for 2 minutes each. For a long run:
-//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper]
+//! `cargo test --test jepsen` runs every backend for 2 minutes each. For a long run:
+//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper|postgres]
 //! [--workers 5] [--ttl 4s] [--seed N] [--out DIR]` (or `scripts/jepsen`, which also
 //! installs the servers).
 
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 use queuelock::backend::testkit::proxy::Proxy;
 use queuelock::Client;
 use support::etcd::EtcdCluster;
+use support::postgres::PgServer;
 use support::zookeeper::ZkEnsemble;
 use support::Cluster;
 
@@ -56,7 +58,7 @@ struct Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|all] [--duration 2m] \
+        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|postgres|all] [--duration 2m] \
          [--workers 5] [--ttl 4s] [--seed N] [--out DIR] | --recheck DIR"
     );
     std::process::exit(2)
@@ -64,7 +66,7 @@ fn usage(msg: &str) -> ! {
 
 fn options() -> Options {
     let mut o = Options {
-        backends: vec!["etcd", "zookeeper"],
+        backends: vec!["etcd", "zookeeper", "postgres"],
         duration: Duration::from_secs(120),
         workers: 5,
         ttl: Duration::from_secs(4),
@@ -87,7 +89,8 @@ fn options() -> Options {
                 o.backends = match value("--backend").as_str() {
                     "etcd" => vec!["etcd"],
                     "zookeeper" | "zk" => vec!["zookeeper"],
-                    "all" => vec!["etcd", "zookeeper"],
+                    "postgres" | "pg" => vec!["postgres"],
+                    "all" => vec!["etcd", "zookeeper", "postgres"],
                     other => usage(&format!("unknown backend {other:?}")),
                 }
             }
@@ -177,6 +180,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
     );
     let cluster: Box<dyn Cluster + Send> = tokio::task::block_in_place(|| match backend {
         "etcd" => Box::new(EtcdCluster::start(3)) as Box<dyn Cluster + Send>,
+        "postgres" => Box::new(PgServer::start()),
         _ => Box::new(ZkEnsemble::start(3)),
     });
     let register = Register::start().await;
@@ -198,11 +202,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
         let hosts: Vec<String> = mine.iter().map(|p: &Proxy| p.addr.clone()).collect();
         let args = WorkerArgs {
             w,
-            url: format!(
-                "{}://{}/{root}?{ttl_q}&label=jepsen-{w}",
-                cluster.scheme(),
-                hosts.join(",")
-            ),
+            url: cluster.worker_url(&hosts, &root, &format!("{ttl_q}&label=jepsen-{w}")),
             lock: lock.clone(),
             register: register.addr.clone(),
             history: dir.join(format!("w{w}.jsonl")),

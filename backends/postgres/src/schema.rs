@@ -8,7 +8,7 @@
 use queuelock_core::{Error, Result};
 
 /// The version of the schema this crate writes and reads.
-pub(crate) const VERSION: i32 = 1;
+pub(crate) const VERSION: i32 = 2;
 
 /// Checks a schema name: lowercase letters, digits and `_`, starting with a letter or
 /// `_`, at most 63 bytes (PostgreSQL's identifier limit). Such a name needs no quoting,
@@ -35,7 +35,8 @@ pub(crate) fn check_schema(name: &str) -> Result<()> {
 
 /// The migrations, in order: migration `i` brings the schema to version `i + 1`. `{s}`
 /// stands for the schema name.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE SEQUENCE {s}.tokens;
 CREATE SEQUENCE {s}.session_ids;
 CREATE TABLE {s}.sessions (
@@ -200,7 +201,34 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
-"#];
+"#,
+    r#"
+-- Row-level security: every role that may use the schema sees every row (status,
+-- waiting behind others), but changes only its own sessions and nodes. Anyone may reap
+-- (lock, delete) a session that has expired; nodes go with it by cascade, which RLS
+-- does not filter. The schema's owner (who migrated it) is not subject to the policies.
+ALTER TABLE {s}.sessions ENABLE ROW LEVEL SECURITY;
+CREATE POLICY sessions_read ON {s}.sessions FOR SELECT USING (true);
+CREATE POLICY sessions_insert ON {s}.sessions FOR INSERT WITH CHECK (owner = current_user);
+CREATE POLICY sessions_update ON {s}.sessions FOR UPDATE
+    USING (owner = current_user OR expires_at < clock_timestamp())
+    WITH CHECK (owner = current_user);
+CREATE POLICY sessions_delete ON {s}.sessions FOR DELETE
+    USING (owner = current_user OR expires_at < clock_timestamp());
+ALTER TABLE {s}.nodes ENABLE ROW LEVEL SECURITY;
+CREATE POLICY nodes_read ON {s}.nodes FOR SELECT USING (true);
+CREATE POLICY nodes_insert ON {s}.nodes FOR INSERT WITH CHECK (
+    owner = current_user
+    AND EXISTS (SELECT 1 FROM {s}.sessions s WHERE s.id = session_id AND s.owner = current_user));
+CREATE POLICY nodes_update ON {s}.nodes FOR UPDATE
+    USING (owner = current_user) WITH CHECK (owner = current_user);
+CREATE POLICY nodes_delete ON {s}.nodes FOR DELETE USING (owner = current_user);
+ALTER TABLE {s}.abandoned ENABLE ROW LEVEL SECURITY;
+CREATE POLICY abandoned_read ON {s}.abandoned FOR SELECT USING (true);
+CREATE POLICY abandoned_insert ON {s}.abandoned FOR INSERT WITH CHECK (
+    EXISTS (SELECT 1 FROM {s}.sessions s WHERE s.id = session_id AND s.owner = current_user));
+"#,
+];
 
 /// The SQL of migration `i` for schema `s`.
 pub(crate) fn migration(i: usize, s: &str) -> String {
