@@ -5,36 +5,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::time::Duration;
-
 use queuelock::{Client, Error};
 use queuelock_postgres::testkit::tokio_postgres;
 use support::postgres::PgServer;
-use support::secure::Pki;
-
-/// A lock can be taken and released through `url`.
-async fn lock_works(url: &str) {
-    let c = Client::connect(url).await.expect("connect");
-    let g = c
-        .mutex("sec/lock")
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
-    assert!(g.fencing_token() > 0);
-    g.release().await.expect("release");
-    c.close().await.expect("close");
-}
-
-/// Connecting through `url` fails with an error `check` accepts, naming no secret.
-async fn refused(url: &str, check: impl Fn(&Error) -> bool) -> Error {
-    let r = tokio::time::timeout(Duration::from_secs(30), Client::connect(url))
-        .await
-        .expect("a refused connect must not hang");
-    let e = r.err().unwrap_or_else(|| panic!("{url}: connected"));
-    assert!(check(&e), "{url}: unexpected error {e:?}");
-    e
-}
+use support::secure::{lock_works, refused, Pki};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_over_tls() {
