@@ -92,7 +92,7 @@ impl Statements {
             p(format!(
                 "WITH ins AS (INSERT INTO {s}.kv (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO NOTHING RETURNING 1) \
-                 SELECT value FROM {s}.kv WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)"
+                 SELECT EXISTS (SELECT 1 FROM ins), (SELECT value FROM {s}.kv WHERE key = $1)"
             )),
             p(format!("DELETE FROM {s}.nodes WHERE key = $1 AND seq = $2")),
             p(format!("SELECT {s}.guarded($1, $2, $3, $4, $5)")),

@@ -518,10 +518,24 @@ impl Session for PgSession {
         let c = self.conn().await?;
         let row = c
             .client
-            .query_opt(&c.st.put_if_absent, &[&key, &value])
+            .query_one(&c.st.put_if_absent, &[&key, &value])
             .await
             .map_err(|e| self.fail(e))?;
-        Ok(row.map(|r| r.get(0)))
+        if row.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        if let Some(v) = row.get::<_, Option<Vec<u8>>>(1) {
+            return Ok(Some(v));
+        }
+        // The conflicting row was committed after this statement's snapshot was taken:
+        // a new statement sees it.
+        let row = c
+            .client
+            .query_opt(&c.st.get, &[&key])
+            .await
+            .map_err(|e| self.fail(e))?;
+        row.map(|r| Some(r.get(0)))
+            .ok_or_else(|| Error::connection("put_if_absent: the key vanished; retry"))
     }
 
     /// Deletes the session row; its nodes go by cascade (each deletion notifies).
