@@ -57,6 +57,7 @@ impl BackendConfig {
             BackendConfig::Etcd { .. } => "etcd",
             BackendConfig::ZooKeeper { .. } => "zookeeper",
             BackendConfig::Redis { .. } => "redis",
+            BackendConfig::Postgres { .. } => "postgres",
         }
     }
 }
@@ -131,9 +132,40 @@ pub enum BackendConfig {
         #[serde(default)]
         tls: Option<TlsConfig>,
     },
+    /// PostgreSQL.
+    #[serde(rename = "postgres", alias = "postgresql")]
+    Postgres {
+        /// `host:port` of each server (libpq tries them in order).
+        hosts: Vec<String>,
+        /// The database (default: the user's name, as libpq does).
+        #[serde(default)]
+        dbname: Option<String>,
+        /// The role to connect as.
+        user: String,
+        /// Its password (SCRAM or md5, as the server asks).
+        #[serde(default)]
+        password: Option<Secret>,
+        /// The schema queuelock's tables live in (default `queuelock`).
+        #[serde(default = "default_pg_schema")]
+        schema: String,
+        /// libpq's `sslmode` (`disable`, `prefer`, `require`); a CA (`tls.ca`) makes TLS
+        /// required and verifies the server's certificate and name.
+        #[serde(default)]
+        sslmode: Option<String>,
+        /// libpq's `application_name` (default `queuelock`).
+        #[serde(default)]
+        application_name: Option<String>,
+        /// TLS settings (`None`: plain text unless `sslmode` says otherwise).
+        #[serde(default)]
+        tls: Option<TlsConfig>,
+    },
 }
 
 fn default_redis_prefix() -> String {
+    "queuelock".to_owned()
+}
+
+fn default_pg_schema() -> String {
     "queuelock".to_owned()
 }
 
@@ -261,12 +293,14 @@ impl Config {
     /// | `etcd://h1:2379,h2:2379/prefix` | etcd; keys under `/prefix` |
     /// | `zk://h1:2181,h2:2181/chroot` | ZooKeeper; nodes under `/chroot` |
     /// | `redis://[user:pass@]h:6379/0?prefix=app` | Redis database 0; keys under `app:` (`rediss://`: TLS) |
+    /// | `postgres://user:pass@h:5432/db?schema=queuelock` | PostgreSQL; tables in schema `queuelock` |
     ///
     /// Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
     /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`,
     /// `name_label` (`none`, `full` or N: the metrics' `lock` label), `user`,
     /// `password` (etcd, both or neither), `digest` (ZooKeeper `user:password`), `ca`,
-    /// `cert`, `key` (TLS file paths). Credentials may also be given as URL user-info
+    /// `cert`, `key` (TLS file paths); for PostgreSQL also `schema`, `sslmode` and
+    /// `application_name`. Credentials may also be given as URL user-info
     /// (`etcd://user:pass@host`). Anything unknown or malformed is an [`Error::Config`]
     /// naming it; credentials never appear in `Debug` output, errors or logs.
     ///
@@ -296,7 +330,10 @@ impl Config {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
-        let multi_host = matches!(scheme, "etcd" | "zk" | "zookeeper");
+        let multi_host = matches!(
+            scheme,
+            "etcd" | "zk" | "zookeeper" | "postgres" | "postgresql"
+        );
         let parsable = format!(
             "{scheme}://{}{}{tail}",
             userinfo.map(|u| format!("{u}@")).unwrap_or_default(),
@@ -317,6 +354,7 @@ impl Config {
         let mut digest = None;
         let mut tls = TlsConfig::default();
         let mut prefix = None;
+        let mut pg = (None, None, None); // schema, sslmode, application_name
         for (key, value) in url.query_pairs() {
             match &*key {
                 "prefix" => prefix = Some(value.into_owned()),
@@ -331,10 +369,19 @@ impl Config {
                 "ca" => tls.ca = Some(value.into_owned().into()),
                 "cert" => tls.cert = Some(value.into_owned().into()),
                 "key" => tls.key = Some(value.into_owned().into()),
+                "schema" => pg.0 = Some(value.into_owned()),
+                "sslmode" => pg.1 = Some(value.into_owned()),
+                "application_name" => pg.2 = Some(value.into_owned()),
                 other => return Err(config_err(format!("unknown option {other:?} in {shown}"))),
             }
         }
         let path = url.path().trim_end_matches('/').to_owned();
+        let postgres = matches!(url.scheme(), "postgres" | "postgresql");
+        if !postgres && pg != (None, None, None) {
+            return Err(config_err(format!(
+                "options schema, sslmode and application_name are for postgres:// URLs: {shown}"
+            )));
+        }
         let hosts = || -> Result<Vec<String>> {
             let hosts: Vec<String> = host_list
                 .split(',')
@@ -345,6 +392,21 @@ impl Config {
             if hosts.is_empty() {
                 return Err(config_err(format!("no host in {shown}")));
             }
+            // libpq's default port.
+            let hosts = if postgres {
+                hosts
+                    .into_iter()
+                    .map(|h| {
+                        if h.contains(':') {
+                            h
+                        } else {
+                            format!("{h}:5432")
+                        }
+                    })
+                    .collect()
+            } else {
+                hosts
+            };
             for h in &hosts {
                 let port_ok = h
                     .rsplit_once(':')
@@ -437,9 +499,31 @@ impl Config {
                     tls,
                 }
             }
+            "postgres" | "postgresql" => {
+                if digest.is_some() {
+                    return Err(config_err(
+                        "option digest is for ZooKeeper; postgres takes user and password",
+                    ));
+                }
+                let dbname = path.trim_start_matches('/');
+                BackendConfig::Postgres {
+                    hosts: hosts()?,
+                    dbname: (!dbname.is_empty()).then(|| dbname.to_owned()),
+                    user: user.ok_or_else(|| {
+                        config_err(format!(
+                            "postgres URL needs a user (postgres://USER@host/db): {shown}"
+                        ))
+                    })?,
+                    password,
+                    schema: pg.0.unwrap_or_else(default_pg_schema),
+                    sslmode: pg.1,
+                    application_name: pg.2,
+                    tls,
+                }
+            }
             other => {
                 return Err(config_err(format!(
-                    "unknown scheme {other:?}: expected memory://, etcd://, zk:// or redis://"
+                    "unknown scheme {other:?}: expected memory://, etcd://, zk://, postgres:// or redis://"
                 )))
             }
         };
@@ -676,6 +760,47 @@ mod tests {
                 name: Some("tests".into())
             }
         );
+    }
+
+    #[test]
+    fn postgres_urls() {
+        let c = Config::from_url(
+            "postgres://app:s3cret@db1:6432,db2/appdb?schema=locks&ttl=7s&sslmode=require&ca=/ca.pem",
+        )
+        .expect("parse");
+        assert_eq!(c.ttl, Duration::from_secs(7));
+        match &c.backend {
+            BackendConfig::Postgres {
+                hosts,
+                dbname,
+                user,
+                password,
+                schema,
+                sslmode,
+                tls,
+                ..
+            } => {
+                assert_eq!(hosts, &["db1:6432", "db2:5432"]);
+                assert_eq!(dbname.as_deref(), Some("appdb"));
+                assert_eq!(user, "app");
+                assert_eq!(password.as_ref().map(Secret::expose), Some("s3cret"));
+                assert_eq!(schema, "locks");
+                assert_eq!(sslmode.as_deref(), Some("require"));
+                assert!(tls.as_ref().is_some_and(|t| t.ca.is_some()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.backend.kind(), "postgres");
+        assert!(!format!("{c:?}").contains("s3cret"), "password in Debug");
+        let c = Config::from_url("postgresql://app@h/").expect("parse");
+        assert!(matches!(
+            &c.backend,
+            BackendConfig::Postgres { dbname: None, schema, .. } if schema == "queuelock"
+        ));
+        assert!(err("postgres://h:5432/db").contains("user"));
+        assert!(err("etcd://h:2379?schema=x").contains("postgres"));
+        let e = err("postgres://u:topsecret@h/db?bogus=1");
+        assert!(e.contains("bogus") && !e.contains("topsecret"), "{e}");
     }
 
     #[test]

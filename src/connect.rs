@@ -7,7 +7,12 @@ use std::sync::Arc;
 use queuelock_core::{Backend, Error, Result};
 
 use crate::client::Client;
-#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "redis"))]
+#[cfg(any(
+    feature = "etcd",
+    feature = "zookeeper",
+    feature = "postgres",
+    feature = "redis"
+))]
 use crate::config::TlsConfig;
 use crate::config::{BackendConfig, Config};
 
@@ -91,10 +96,13 @@ async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
             )
             .await
         }
+        #[cfg(feature = "postgres")]
+        BackendConfig::Postgres { .. } => postgres(config).await,
         #[cfg(not(all(
             feature = "memory",
             feature = "etcd",
             feature = "zookeeper",
+            feature = "postgres",
             feature = "redis"
         )))]
         other => Err(Error::FeatureDisabled {
@@ -218,9 +226,84 @@ async fn redis(
     Ok(Arc::new(backend))
 }
 
+#[cfg(feature = "postgres")]
+async fn postgres(config: &Config) -> Result<Arc<dyn Backend>> {
+    use queuelock_postgres::{PgBackend, PgConfig, PgOptions};
+    let BackendConfig::Postgres {
+        hosts,
+        dbname,
+        user,
+        password,
+        schema,
+        sslmode,
+        application_name,
+        tls,
+    } = &config.backend
+    else {
+        return Err(Error::Config("not a PostgreSQL configuration".into()));
+    };
+    let mut pg = PgConfig::new();
+    for h in hosts {
+        let (host, port) = h
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| Error::Config(format!("host {h:?} is not host:port")))?;
+        pg.host(host.trim_start_matches('[').trim_end_matches(']'))
+            .port(port);
+    }
+    pg.user(user)
+        .dbname(dbname.as_deref().unwrap_or(user))
+        .connect_timeout(config.connect_timeout);
+    if let Some(p) = password {
+        pg.password(p.expose());
+    }
+    if let Some(name) = application_name {
+        pg.application_name(name);
+    }
+    match sslmode.as_deref() {
+        None => {}
+        Some("disable") => {
+            pg.ssl_mode(queuelock_postgres::SslMode::Disable);
+        }
+        Some("prefer") | Some("allow") => {
+            pg.ssl_mode(queuelock_postgres::SslMode::Prefer);
+        }
+        Some("require") | Some("verify-ca") | Some("verify-full") => {
+            pg.ssl_mode(queuelock_postgres::SslMode::Require);
+        }
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "sslmode={other:?}: expected disable, prefer, require, verify-ca or verify-full"
+            )))
+        }
+    }
+    let mut options = PgOptions::default()
+        .with_schema(schema.clone())
+        .with_connect_timeout(config.connect_timeout);
+    if let Some(tls) = load_tls(tls.as_ref())? {
+        options = options.with_tls(tls);
+    }
+    let backend = tokio::time::timeout(config.connect_timeout, PgBackend::connect(pg, options))
+        .await
+        .map_err(|_| Error::Connection {
+            message: format!(
+                "no answer from PostgreSQL at {} within {:?}",
+                hosts.join(","),
+                config.connect_timeout
+            ),
+            source: None,
+        })??;
+    Ok(Arc::new(backend))
+}
+
 /// Reads the TLS files a configuration names. Errors name the file and what is wrong,
 /// never its contents.
-#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "redis"))]
+#[cfg(any(
+    feature = "etcd",
+    feature = "zookeeper",
+    feature = "postgres",
+    feature = "redis"
+))]
 fn load_tls(tls: Option<&TlsConfig>) -> Result<Option<queuelock_core::TlsPem>> {
     let Some(tls) = tls else { return Ok(None) };
     let read = |what: &str, path: &Option<std::path::PathBuf>| -> Result<Option<String>> {

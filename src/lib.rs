@@ -51,6 +51,7 @@
 //! | `etcd` | no | `etcd://h1:2379,h2:2379/prefix` | `protoc` and protobuf's well-known types (Debian: `protobuf-compiler`, `libprotobuf-dev`) |
 //! | `zookeeper` | no | `zk://h1:2181/chroot` | a C compiler (rustls' `aws-lc-rs`) |
 //! | `redis` | no | `redis://h:6379/0?prefix=app` (`rediss://` for TLS) | a C compiler (rustls' `aws-lc-rs`) |
+//! | `postgres` | no | `postgres://user:pass@h:5432/db?schema=queuelock` | a C compiler (rustls' `aws-lc-rs`) |
 //! | `cli` | no | — | the `queuelock` command (`cargo install queuelock --features cli,etcd,zookeeper`) |
 //!
 //! ```toml

@@ -66,3 +66,22 @@ async fn redis_url_names_the_redis_feature() {
     );
     assert!(err.to_string().contains("--features redis"), "{err}");
 }
+
+#[cfg(not(feature = "postgres"))]
+#[tokio::test]
+async fn postgres_url_names_the_postgres_feature() {
+    let err = Client::connect("postgres://app@127.0.0.1:5432/app?schema=locks")
+        .await
+        .expect_err("no postgres backend");
+    assert!(
+        matches!(
+            err,
+            Error::FeatureDisabled {
+                backend: "postgres",
+                feature: "postgres"
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("--features postgres"), "{err}");
+}

@@ -7,15 +7,12 @@ mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex as StdMutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use queuelock::{Client, Error};
 use queuelock_etcd::testkit::etcd_client;
 use queuelock_zookeeper::testkit::zookeeper_client;
-use support::secure::{Etcd, Pki, SecureZk};
-
-/// Generous bound for "promptly, not a hang": the URLs set connect_timeout=3s.
-const PROMPT: Duration = Duration::from_secs(20);
+use support::secure::{lock_works, refused, Etcd, Pki, SecureZk, PROMPT};
 
 /// Everything every test logs (TRACE, all targets), for the leak check.
 fn logs() -> Arc<StdMutex<Vec<u8>>> {
@@ -44,37 +41,6 @@ impl Write for Sink {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// Connecting fails, promptly, with an error `check` accepts.
-async fn refused(url: &str, check: impl Fn(&Error) -> bool) -> Error {
-    let start = Instant::now();
-    let r = tokio::time::timeout(PROMPT, Client::connect(url))
-        .await
-        .unwrap_or_else(|_| panic!("connecting to {url} hangs"));
-    let e = match r {
-        Ok(_) => panic!("connecting to {url} succeeded"),
-        Err(e) => e,
-    };
-    assert!(check(&e), "{url}: unexpected error {e:?}");
-    assert!(start.elapsed() < PROMPT);
-    e
-}
-
-/// A lock taken and released through `url` works and has a token.
-async fn lock_works(url: &str) {
-    let c = Client::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-    let g = c
-        .mutex("tls/works")
-        .expect("name")
-        .lock()
-        .await
-        .expect("lock");
-    assert!(g.fencing_token() > 0);
-    g.release().await.expect("release");
-    c.close().await.expect("close");
 }
 
 /// `c` holds lock `name` and leads election `leader`, having proclaimed `alice-says`.

@@ -1,5 +1,5 @@
-//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters, and
-//! a single Redis server (append-only file fsynced on every write).
+//! A Jepsen-style safety test on real 3-member etcd and 3-server ZooKeeper clusters, a
+//! PostgreSQL server and a single Redis server (append-only file fsynced on every write).
 //!
 //! K worker processes (this binary re-run, each with its own session) loop: acquire the
 //! lock → fenced read of a register → fenced write of value+1 → release, logging every
@@ -11,7 +11,7 @@
 //! and prints the slice of history around it.
 //!
 //! `cargo test --test jepsen` runs every backend for 2 minutes each. For a long run:
-//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper|redis]
+//! `cargo test --release --test jepsen -- --duration 30m [--backend etcd|zookeeper|postgres|redis]
 //! [--workers 5] [--ttl 4s] [--seed N] [--out DIR]` (or `scripts/jepsen`, which also
 //! installs the servers).
 
@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use queuelock::backend::testkit::proxy::Proxy;
 use queuelock::Client;
 use support::etcd::EtcdCluster;
+use support::postgres::PgServer;
 use support::redis::RedisServer;
 use support::zookeeper::ZkEnsemble;
 use support::Cluster;
@@ -60,16 +61,16 @@ struct Options {
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|redis|all] [--duration 2m] \
-         [--workers 5] [--ttl 4s] [--seed N] [--out DIR] [--redis-fsync always|everysec] \
-         | --recheck DIR"
+        "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|postgres|redis|all] \
+         [--duration 2m] [--workers 5] [--ttl 4s] [--seed N] [--out DIR] \
+         [--redis-fsync always|everysec] | --recheck DIR"
     );
     std::process::exit(2)
 }
 
 fn options() -> Options {
     let mut o = Options {
-        backends: vec!["etcd", "zookeeper", "redis"],
+        backends: vec!["etcd", "zookeeper", "postgres", "redis"],
         duration: Duration::from_secs(120),
         workers: 5,
         ttl: Duration::from_secs(4),
@@ -94,7 +95,8 @@ fn options() -> Options {
                     "etcd" => vec!["etcd"],
                     "zookeeper" | "zk" => vec!["zookeeper"],
                     "redis" => vec!["redis"],
-                    "all" => vec!["etcd", "zookeeper", "redis"],
+                    "postgres" | "pg" => vec!["postgres"],
+                    "all" => vec!["etcd", "zookeeper", "postgres", "redis"],
                     other => usage(&format!("unknown backend {other:?}")),
                 }
             }
@@ -191,6 +193,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
     let cluster: Box<dyn Cluster + Send> = tokio::task::block_in_place(|| match backend {
         "etcd" => Box::new(EtcdCluster::start(3)) as Box<dyn Cluster + Send>,
         "redis" => Box::new(RedisServer::start(&o.redis_fsync)),
+        "postgres" => Box::new(PgServer::start()),
         _ => Box::new(ZkEnsemble::start(3)),
     });
     let register = Register::start().await;
@@ -212,11 +215,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
         let hosts: Vec<String> = mine.iter().map(|p: &Proxy| p.addr.clone()).collect();
         let args = WorkerArgs {
             w,
-            url: cluster.worker_url(
-                &hosts.join(","),
-                &root,
-                &format!("{ttl_q}&label=jepsen-{w}"),
-            ),
+            url: cluster.worker_url(&hosts, &root, &format!("{ttl_q}&label=jepsen-{w}")),
             lock: lock.clone(),
             register: register.addr.clone(),
             history: dir.join(format!("w{w}.jsonl")),

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod interop;
+pub mod postgres;
 pub mod redis;
 pub mod secure;
 pub mod zookeeper;
@@ -17,11 +18,6 @@ use std::path::PathBuf;
 pub trait Cluster {
     /// A queuelock URL for the cluster under `root` (prefix or chroot) with options.
     fn url(&self, root: &str, query: &str) -> String;
-    /// A queuelock URL for `hosts` (the members' addresses, as a client reaches them,
-    /// e.g. through proxies) under `root` with options.
-    fn worker_url(&self, hosts: &str, root: &str, query: &str) -> String {
-        format!("{}://{hosts}/{root}?{query}", self.scheme())
-    }
     /// The index of the current leader (waits for one).
     fn leader(&self) -> usize;
     /// kill -9 member `i`.
@@ -39,6 +35,53 @@ pub trait Cluster {
     /// Ends, from the server side, the session that owns the queue node `key` (as an
     /// operator would); `Err` says why the backend cannot.
     fn admin_expire(&self, key: &str) -> Result<String, String>;
+    /// A worker's URL: through `hosts` (its proxies), under `root`, with `query`.
+    fn worker_url(&self, hosts: &[String], root: &str, query: &str) -> String {
+        format!("{}://{}/{root}?{query}", self.scheme(), hosts.join(","))
+    }
+}
+
+impl Cluster for postgres::PgServer {
+    fn url(&self, root: &str, query: &str) -> String {
+        postgres::PgServer::url(self, root, query)
+    }
+    fn leader(&self) -> usize {
+        0
+    }
+    fn kill9(&mut self, _i: usize) {
+        postgres::PgServer::kill9(self)
+    }
+    fn restart(&mut self, _i: usize) {
+        postgres::PgServer::restart(self)
+    }
+    fn wait_ready(&self) {
+        postgres::PgServer::wait_ready(self)
+    }
+    fn ttl_option(&self) -> &'static str {
+        "ttl"
+    }
+    fn scheme(&self) -> &'static str {
+        "postgres"
+    }
+    fn client_addrs(&self) -> Vec<String> {
+        vec![self.addr()]
+    }
+    fn admin_expire(&self, key: &str) -> Result<String, String> {
+        self.revoke_session_of(key)
+    }
+    /// The worker's label doubles as its application_name, so that the operator's fault
+    /// can find (and terminate) its connections.
+    fn worker_url(&self, hosts: &[String], root: &str, query: &str) -> String {
+        let label = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("label="))
+            .unwrap_or("queuelock");
+        format!(
+            "postgres://postgres@{}/postgres?schema={}&{query}&application_name={label}",
+            hosts.join(","),
+            root.replace('-', "_")
+        )
+    }
 }
 
 impl Cluster for etcd::EtcdCluster {

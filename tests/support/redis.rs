@@ -99,8 +99,8 @@ impl super::Cluster for RedisServer {
         *self.prefix.lock().expect("prefix") = root.to_owned();
         format!("redis://{}/0?prefix={root}&{query}", self.addr())
     }
-    fn worker_url(&self, hosts: &str, root: &str, query: &str) -> String {
-        format!("redis://{hosts}/0?prefix={root}&{query}")
+    fn worker_url(&self, hosts: &[String], root: &str, query: &str) -> String {
+        format!("redis://{}/0?prefix={root}&{query}", hosts.join(","))
     }
     fn leader(&self) -> usize {
         0

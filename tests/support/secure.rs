@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use queuelock::{Client, Error};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use super::zookeeper::{four_letter, CLASSPATH};
@@ -338,4 +339,38 @@ impl Drop for SecureZk {
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
+}
+
+/// Generous bound for "promptly, not a hang": the URLs set connect_timeout=3s.
+pub const PROMPT: Duration = Duration::from_secs(20);
+
+/// Connecting fails, promptly, with an error `check` accepts.
+pub async fn refused(url: &str, check: impl Fn(&Error) -> bool) -> Error {
+    let start = Instant::now();
+    let r = tokio::time::timeout(PROMPT, Client::connect(url))
+        .await
+        .unwrap_or_else(|_| panic!("connecting to {url} hangs"));
+    let e = match r {
+        Ok(_) => panic!("connecting to {url} succeeded"),
+        Err(e) => e,
+    };
+    assert!(check(&e), "{url}: unexpected error {e:?}");
+    assert!(start.elapsed() < PROMPT);
+    e
+}
+
+/// A lock taken and released through `url` works and has a token.
+pub async fn lock_works(url: &str) {
+    let c = Client::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let g = c
+        .mutex("tls/works")
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    assert!(g.fencing_token() > 0);
+    g.release().await.expect("release");
+    c.close().await.expect("close");
 }
