@@ -330,9 +330,10 @@ impl Config {
             Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
+        // Redis takes one host, but a list is taken out too, to be refused by name.
         let multi_host = matches!(
             scheme,
-            "etcd" | "zk" | "zookeeper" | "postgres" | "postgresql"
+            "etcd" | "zk" | "zookeeper" | "postgres" | "postgresql" | "redis" | "rediss"
         );
         let parsable = format!(
             "{scheme}://{}{}{tail}",
@@ -805,7 +806,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_culprit_and_hide_secrets() {
-        assert!(err("redis://h:1").contains("\"redis\""));
+        assert!(err("consul://h:1").contains("\"consul\""));
         assert!(err("etcd://h:1?tll=1s").contains("\"tll\""));
         assert!(err("etcd://h:1?ttl=soon").contains("ttl=\"soon\""));
         assert!(err("etcd://h:1?ttl=1ms").contains("below 100ms"));
