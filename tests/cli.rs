@@ -266,8 +266,8 @@ async fn status_shows_holder_and_waiters() {
 fn bad_input_exits_125_naming_the_problem() {
     let cases: [(&[&str], &str); 5] = [
         (
-            &["run", "--url", "redis://h:1", "x", "--", "true"],
-            "unknown scheme \"redis\"",
+            &["run", "--url", "consul://h:1", "x", "--", "true"],
+            "unknown scheme \"consul\"",
         ),
         (
             &["run", "--url", "etcd://h/x", "x", "--", "true"],
