@@ -48,10 +48,16 @@ pub(crate) struct Statements {
 /// The waiter's read: our node (`WHERE {me}`), the nearest earlier node whose kind is not
 /// in `$2` (none when `$3`), and how many nodes are ahead of ours (with the index on
 /// `(queue, seq)` an index-only count). No row: our node is gone.
-fn turn_sql(s: &str, me: &str) -> String {
+///
+/// `count_to` caps that count: after a wake only "one ahead or more" matters (`Turn::last`),
+/// so the waiter's read counts at most 2 rows and stays O(1) at any queue length; the read
+/// after create counts them all, once per acquire, for the queue-depth metric.
+fn turn_sql(s: &str, me: &str, count_to: Option<u32>) -> String {
+    let limit = count_to.map_or(String::new(), |n| format!(" LIMIT {n}"));
     format!(
         "SELECT me.key, me.seq, b.key, b.seq, b.kind, \
-         (SELECT count(*) FROM {s}.nodes a WHERE a.queue = me.queue AND a.seq < me.seq) \
+         (SELECT count(*) FROM (SELECT 1 FROM {s}.nodes a \
+           WHERE a.queue = me.queue AND a.seq < me.seq{limit}) ahead) \
          FROM (SELECT key, seq, queue FROM {s}.nodes WHERE {me}) me \
          LEFT JOIN LATERAL (SELECT key, seq, kind FROM {s}.nodes x \
            WHERE x.queue = me.queue AND x.seq < me.seq AND NOT $3 AND x.kind <> ALL($2) \
@@ -98,7 +104,10 @@ impl Statements {
             p(format!("SELECT {s}.guarded($1, $2, $3, $4, $5)")),
             p(format!("SELECT {s}.reap()")),
         );
-        let (o, q) = futures::join!(p(turn_sql(s, "key = $1")), p(turn_sql(s, "attempt = $1")),);
+        let (o, q) = futures::join!(
+            p(turn_sql(s, "key = $1", Some(2))),
+            p(turn_sql(s, "attempt = $1", None)),
+        );
         Ok(Statements {
             open_session: a?,
             keepalive: b?,
