@@ -1,7 +1,8 @@
 # Shared helpers for queuelock's scripts. Source it; do not run it.
 
-# ql_log MESSAGE...: progress on stderr.
-ql_log() { printf '==> %s\n' "$*" >&2; }
+# ql_log MESSAGE...: progress on stderr, with the seconds since the script started (where
+# a run's minutes go: CI has a 45-minute budget).
+ql_log() { printf '==> %s [%ds]\n' "$*" "$SECONDS" >&2; }
 
 # ql_apt_install PACKAGE...: installs the Debian packages that are missing (apt-get update
 # first, once per run). Needs root, as on the project's machines.
