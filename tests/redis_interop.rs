@@ -4,7 +4,9 @@
 //!   Redis users run) exclude each other in both directions (needs
 //!   `QUEUELOCK_TEST_REDISPY_PYTHON`: a Python with PyPI `redis`, made by `scripts/test`);
 //! * 100 waiters on one lock: each release publishes one message, and each waiter is
-//!   woken by exactly one (counted on every waiter's own pub/sub connection).
+//!   woken by exactly one (counted on every waiter's own pub/sub connection);
+//! * an ACL user limited to its prefix, and `rediss://` against a TLS-only server of the
+//!   test's own (test CA, client certificates required).
 
 mod support;
 
@@ -314,4 +316,30 @@ async fn acl_user_limited_to_its_prefix() {
             .await
             .expect("ACL DELUSER");
     }
+}
+
+/// `rediss://` against a TLS-only server (the test's own, with the test CA's certificate
+/// and client certificates required): verified with `ca=` and a client certificate it
+/// locks; a certificate from another CA, no client certificate, or plain `redis://` to the
+/// TLS port are refused promptly with `Error::Connection`, naming no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_the_test_ca() {
+    use queuelock::Error;
+    use support::redis::RedisServer;
+    use support::secure::{lock_works, refused, Pki};
+    let pki = Pki::new();
+    let server = tokio::task::block_in_place(|| RedisServer::start_tls(&pki));
+    let base = format!("rediss://{}/0?prefix=tls&ttl=5s", server.addr());
+    lock_works(&format!("{base}&{}", pki.query(&pki.ca, true))).await;
+    let conn = |e: &Error| matches!(e, Error::Connection { .. });
+    // The server's certificate does not chain to this CA: the handshake fails.
+    refused(&format!("{base}&{}", pki.query(&pki.other_ca, true)), conn).await;
+    // The server requires a client certificate.
+    refused(&format!("{base}&{}", pki.query(&pki.ca, false)), conn).await;
+    // Plain text to the TLS port.
+    refused(
+        &format!("redis://{}/0?prefix=tls&ttl=5s", server.addr()),
+        conn,
+    )
+    .await;
 }

@@ -14,17 +14,53 @@ pub struct RedisServer {
     process: Option<Child>,
     /// The key prefix last handed out in a URL (an operator's expiry needs it).
     prefix: StdMutex<String>,
+    /// `redis-cli` options for a TLS-only server (empty: plain text).
+    cli_tls: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server with `appendfsync` = `fsync` (`always` or `everysec`).
     pub fn start(fsync: &str) -> Self {
+        let port = free_port();
+        Self::start_conf(
+            port,
+            &format!("port {port}\nappendfsync {fsync}\n"),
+            Vec::new(),
+        )
+    }
+
+    /// Starts a server that speaks TLS only (no plain port), with the test PKI's server
+    /// certificate, and requires a client certificate signed by the test CA.
+    pub fn start_tls(pki: &super::secure::Pki) -> Self {
+        let port = free_port();
+        let (cert, key, ca) = (
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display(),
+        );
+        let conf = format!(
+            "port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+             tls-ca-cert-file {ca}\ntls-auth-clients yes\nappendfsync always\n"
+        );
+        let cli = [
+            "--tls".to_owned(),
+            "--cacert".to_owned(),
+            ca.to_string(),
+            "--cert".to_owned(),
+            pki.client_cert.display().to_string(),
+            "--key".to_owned(),
+            pki.client_key.display().to_string(),
+        ]
+        .to_vec();
+        Self::start_conf(port, &conf, cli)
+    }
+
+    fn start_conf(port: u16, conf: &str, cli_tls: Vec<String>) -> Self {
         require_binary("redis-server", "apt-get install redis-server");
         let dir = TempDir::new("queuelock-redis");
-        let port = free_port();
         let conf = format!(
-            "bind 127.0.0.1\nport {port}\ndir {}\ndaemonize no\nsave \"\"\nappendonly yes\n\
-             appendfsync {fsync}\nmaxclients 10000\nlogfile {}/redis.log\n",
+            "bind 127.0.0.1\n{conf}dir {}\ndaemonize no\nsave \"\"\nappendonly yes\n\
+             maxclients 10000\nlogfile {}/redis.log\n",
             dir.0.display(),
             dir.0.display()
         );
@@ -34,6 +70,7 @@ impl RedisServer {
             port,
             process: None,
             prefix: StdMutex::new(String::new()),
+            cli_tls,
         };
         s.spawn();
         s.wait_answering(Duration::from_secs(30));
@@ -60,6 +97,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let out = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cli_tls)
             .args(args)
             .output()
             .ok()?;
@@ -71,7 +109,16 @@ impl RedisServer {
     fn wait_answering(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         while self.cli(&["ping"]).as_deref() != Some("PONG") {
-            assert!(Instant::now() < deadline, "redis-server did not answer");
+            if Instant::now() >= deadline {
+                let log = std::fs::read_to_string(self.dir.0.join("redis.log")).unwrap_or_default();
+                let cli = Command::new("redis-cli")
+                    .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                    .args(&self.cli_tls)
+                    .arg("ping")
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+                panic!("redis-server did not answer (redis-cli: {cli:?}); its log:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
