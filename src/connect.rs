@@ -131,17 +131,8 @@ async fn etcd(
         options = options.with_credentials(u, p.expose());
     }
     let connect = EtcdBackend::connect(endpoints, prefix, options);
-    let backend = tokio::time::timeout(config.connect_timeout, connect)
-        .await
-        .map_err(|_| Error::Connection {
-            message: format!(
-                "no answer from etcd at {} within {:?}",
-                endpoints.join(","),
-                config.connect_timeout
-            ),
-            source: None,
-        })??;
-    Ok(Arc::new(backend))
+    let at = format!("etcd at {}", endpoints.join(","));
+    within(config, at, "", connect).await
 }
 
 #[cfg(feature = "zookeeper")]
@@ -163,25 +154,15 @@ async fn zookeeper(
         options = options.with_tls(tls);
     }
     let hosts = hosts.join(",");
-    let backend = tokio::time::timeout(
-        config.connect_timeout,
-        ZkBackend::connect(&hosts, chroot, options),
-    )
-    .await
-    .map_err(|_| Error::Connection {
-        message: format!(
-            "no answer from ZooKeeper at {hosts} within {:?}{}",
-            config.connect_timeout,
-            if tls_on {
-                " (TLS: check that this is the secure client port, that the server's \
-                 certificate chains to ca= and names the host, and the client certificate)"
-            } else {
-                ""
-            }
-        ),
-        source: None,
-    })??;
-    Ok(Arc::new(backend))
+    // A TLS handshake ZooKeeper's client cannot complete shows as no answer at all.
+    let hint = if tls_on {
+        " (TLS: check that this is the secure client port, that the server's \
+         certificate chains to ca= and names the host, and the client certificate)"
+    } else {
+        ""
+    };
+    let connect = ZkBackend::connect(&hosts, chroot, options);
+    within(config, format!("ZooKeeper at {hosts}"), hint, connect).await
 }
 
 #[cfg(feature = "redis")]
@@ -213,17 +194,8 @@ async fn redis(
             })?;
         options = options.with_tls(pem);
     }
-    let backend =
-        tokio::time::timeout(config.connect_timeout, RedisBackend::connect(host, options))
-            .await
-            .map_err(|_| Error::Connection {
-                message: format!(
-                    "no answer from Redis at {host} within {:?}",
-                    config.connect_timeout
-                ),
-                source: None,
-            })??;
-    Ok(Arc::new(backend))
+    let connect = RedisBackend::connect(host, options);
+    within(config, format!("Redis at {host}"), "", connect).await
 }
 
 #[cfg(feature = "postgres")]
@@ -283,12 +255,33 @@ async fn postgres(config: &Config) -> Result<Arc<dyn Backend>> {
     if let Some(tls) = load_tls(tls.as_ref())? {
         options = options.with_tls(tls);
     }
-    let backend = tokio::time::timeout(config.connect_timeout, PgBackend::connect(pg, options))
+    let connect = PgBackend::connect(pg, options);
+    let at = format!("PostgreSQL at {}", hosts.join(","));
+    within(config, at, "", connect).await
+}
+
+/// Bounds a backend's connect by `connect_timeout`: past it, an `Error::Connection`
+/// "no answer from {at} within ...{hint}" (a store that never answers must not hang
+/// `Client::connect`).
+///
+/// Cancel safety: safe; dropping it drops the half-made connection.
+#[cfg(any(
+    feature = "etcd",
+    feature = "zookeeper",
+    feature = "postgres",
+    feature = "redis"
+))]
+async fn within<B: Backend + 'static>(
+    config: &Config,
+    at: String,
+    hint: &str,
+    connect: impl std::future::Future<Output = Result<B>>,
+) -> Result<Arc<dyn Backend>> {
+    let backend = tokio::time::timeout(config.connect_timeout, connect)
         .await
         .map_err(|_| Error::Connection {
             message: format!(
-                "no answer from PostgreSQL at {} within {:?}",
-                hosts.join(","),
+                "no answer from {at} within {:?}{hint}",
                 config.connect_timeout
             ),
             source: None,
