@@ -414,7 +414,8 @@ impl DoubleBarrier {
 }
 
 /// A participant inside a [`DoubleBarrier`]. [`Entered::leave`] leaves and waits for the
-/// others; dropping it leaves without waiting (its node is removed in the background).
+/// others; dropping it leaves without waiting (its node is removed in the background, and
+/// the last participant out clears the round's ready mark either way).
 pub struct Entered {
     ctx: Arc<Context>,
     members: String,
@@ -430,6 +431,49 @@ impl fmt::Debug for Entered {
             .field("members", &self.members)
             .field("session", &self.member.session.id())
             .finish()
+    }
+}
+
+impl Drop for Entered {
+    /// Leaves without waiting: removes our node in the background and, if nobody else
+    /// is inside by then, the round's ready marks (so the next round waits for its own
+    /// `n`). Of several participants dropped at once, the last to remove its node sees
+    /// the list empty.
+    fn drop(&mut self) {
+        if !self.member.armed {
+            return;
+        }
+        self.member.armed = false;
+        let (session, spec, node) = (
+            self.member.session.clone(),
+            self.member.spec.clone(),
+            self.member.node.take(),
+        );
+        let (members, ready) = (self.members.clone(), std::mem::take(&mut self.ready));
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(
+                "no tokio runtime to leave a double barrier; it is left when the session ends"
+            );
+            return;
+        };
+        rt.spawn(async move {
+            let r = async {
+                queue::remove_node(session.clone(), Some(spec), node).await?;
+                let listing = queue::retry(&*session, || session.list(&members)).await?;
+                if listing.nodes.is_empty() {
+                    for mark in &ready {
+                        queue::retry(&*session, || session.delete(mark)).await?;
+                    }
+                }
+                Ok::<_, Error>(())
+            };
+            match r.await {
+                Ok(()) | Err(Error::SessionExpired(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not leave a double barrier in the background")
+                }
+            }
+        });
     }
 }
 

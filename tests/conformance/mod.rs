@@ -1455,6 +1455,38 @@ pub async fn double_barrier_killed_participant(h: &dyn Harness) {
     drop(dead);
     await_queue_len(&observer, &members, 0).await;
     await_queue_len(&observer, &format!("{name}/ready"), 0).await;
+
+    // A round whose participants all leave by dropping their handles (no leave()) still
+    // ends: the next participant waits for a full round of its own.
+    // Their clients (whose sessions own the ready mark) stay alive.
+    let mut tasks = Vec::new();
+    let mut alive = Vec::new();
+    for _ in 0..N {
+        let c = client(h).await;
+        let b = c.double_barrier(&name, N).expect("name");
+        alive.push(c);
+        tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
+    }
+    for t in tasks {
+        drop(
+            timeout(EVENTUALLY, t)
+                .await
+                .expect("enter hung")
+                .expect("join"),
+        );
+    }
+    await_queue_len(&observer, &members, 0).await;
+    await_queue_len(&observer, &format!("{name}/ready"), 0).await;
+    let b = client(h).await.double_barrier(&name, N).expect("name");
+    assert!(
+        matches!(
+            b.enter_timeout(Duration::from_millis(300)).await,
+            Err(Error::Timeout(_))
+        ),
+        "entered on a finished round's ready mark"
+    );
+    await_queue_len(&observer, &members, 0).await;
+    drop(alive);
 }
 
 /// A latch opens after exactly `n` count-downs (from several clients, one of which dies
