@@ -184,6 +184,8 @@ impl Barrier {
 
     /// Waits until the barrier is down (at once if it is not up). Waits on one node's
     /// deletion at a time; no polling.
+    /// Connection trouble and a lost session of our own are waited out (through a new
+    /// session); bound the wait with the `_timeout` variant.
     ///
     /// # Cancel safety
     ///

@@ -177,6 +177,8 @@ impl CountDownLatch {
 
     /// Waits until the count is zero (at once if it is). Waits on the deletion of its
     /// own waiter node, which the final `count_down` deletes: no polling.
+    /// Connection trouble and a lost session of our own are waited out (through a new
+    /// session); bound the wait with the `_timeout` variant.
     ///
     /// # Cancel safety
     ///
