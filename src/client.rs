@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use queuelock_core::{Backend, LockName, Result, Session, SessionId};
 
+use crate::barrier::{Barrier, DoubleBarrier};
 use crate::election::Election;
+use crate::latch::CountDownLatch;
 use crate::multilock::MultiLock;
 use crate::mutex::Mutex;
 use crate::options::ClientOptions;
@@ -155,6 +157,24 @@ impl Client {
         Ok(Election::new(self.inner.ctx.clone(), LockName::new(name)?))
     }
 
+    /// A barrier named `name` (validated like [`Client::mutex`]): `set`, `remove`,
+    /// `wait`. Creating the handle touches nothing on the server.
+    pub fn barrier(&self, name: &str) -> Result<Barrier> {
+        Ok(Barrier::new(self.inner.ctx.clone(), LockName::new(name)?))
+    }
+
+    /// A double barrier named `name` for `n` participants (validated like
+    /// [`Client::mutex`]; `n` at least 1, else [`crate::Error::Config`]).
+    pub fn double_barrier(&self, name: &str, n: u32) -> Result<DoubleBarrier> {
+        DoubleBarrier::new(self.inner.ctx.clone(), LockName::new(name)?, n)
+    }
+
+    /// A count-down latch named `name` that opens after `n` count-downs (validated like
+    /// [`Client::mutex`]; `n` at least 1, else [`crate::Error::Config`]).
+    pub fn count_down_latch(&self, name: &str, n: u32) -> Result<CountDownLatch> {
+        CountDownLatch::new(self.inner.ctx.clone(), LockName::new(name)?, n)
+    }
+
     /// An empty [`MultiLock`]: add members with its builder methods.
     pub fn multilock(&self) -> MultiLock {
         MultiLock::new(self.inner.ctx.clone())
@@ -177,7 +197,15 @@ mod tests {
     /// Every public future must be `Send`, or it cannot be spawned on a multi-threaded
     /// runtime. Checked at compile time.
     #[allow(dead_code, clippy::let_underscore_future)]
-    fn futures_are_send(m: &Mutex, g: crate::MutexGuard, c: &Client) {
+    fn futures_are_send(
+        m: &Mutex,
+        g: crate::MutexGuard,
+        c: &Client,
+        b: &Barrier,
+        d: &DoubleBarrier,
+        e: crate::Entered,
+        l: &CountDownLatch,
+    ) {
         fn send<T: Send>(_: T) {}
         send(m.lock());
         send(m.try_lock());
@@ -186,6 +214,13 @@ mod tests {
         send(g.release());
         send(c.session());
         send(c.close());
+        send(b.set());
+        send(b.remove());
+        send(b.wait());
+        send(d.enter());
+        send(e.leave());
+        send(l.count_down());
+        send(l.wait());
         send(Client::connect("memory://"));
     }
 }

@@ -35,6 +35,9 @@
 //! | [`Client::semaphore`] → [`Semaphore`] | at most `n` holders, FIFO admission |
 //! | [`Client::election`] → [`Election`] | one leader; campaign, proclaim, resign, observe |
 //! | [`Client::multilock`] → [`MultiLock`] | several locks all-or-nothing, deadlock-free |
+//! | [`Client::barrier`] → [`Barrier`] | `wait` returns once the barrier is removed (or its setter's session is lost) |
+//! | [`Client::double_barrier`] → [`DoubleBarrier`] | `enter` waits for `n` participants, `leave` for all to leave; a dead participant has left |
+//! | [`Client::count_down_latch`] → [`CountDownLatch`] | `wait` returns after `n` `count_down`s, by anyone |
 //!
 //! Every grant is a guard with a fencing token, a `lost()` future and `release()`.
 //!
@@ -69,11 +72,13 @@
 // small context, and the session source a client gives it) and `guard`; the recipes;
 // `options` and `client`; `config` and `connect` (from a URL or serde value to a
 // connected client).
+mod barrier;
 mod client;
 mod config;
 mod connect;
 mod election;
 mod guard;
+mod latch;
 pub mod metadata;
 mod multilock;
 mod mutex;
@@ -82,10 +87,12 @@ mod queue;
 mod rwlock;
 mod semaphore;
 
+pub use barrier::{Barrier, DoubleBarrier, Entered};
 pub use client::{Client, ClientStats};
 pub use config::{BackendConfig, Config, Secret, TlsConfig};
 pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;
+pub use latch::CountDownLatch;
 pub use multilock::{MultiGuard, MultiLock};
 pub use mutex::{Mutex, MutexGuard};
 pub use options::ClientOptions;

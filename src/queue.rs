@@ -115,7 +115,8 @@ impl Context {
         &self.telemetry.counters
     }
 
-    fn payload(&self) -> Vec<u8> {
+    /// A node payload: this process's holder metadata.
+    pub(crate) fn payload(&self) -> Vec<u8> {
         HolderInfo::now(self.label.as_deref()).encode()
     }
 }
@@ -634,7 +635,7 @@ where
 ///
 /// Cancel safety: a dropped call may or may not have removed the node; callers that
 /// must finish run it in a task of its own.
-async fn remove_node(
+pub(crate) async fn remove_node(
     session: Arc<dyn Session>,
     spec: Option<NodeSpec>,
     node: Option<Node>,
@@ -655,7 +656,7 @@ async fn remove_node(
 }
 
 /// Removal that must happen even though nobody waits for it (a dropped future or guard).
-fn spawn_removal(session: Arc<dyn Session>, spec: Option<NodeSpec>, node: Option<Node>) {
+pub(crate) fn spawn_removal(session: Arc<dyn Session>, spec: Option<NodeSpec>, node: Option<Node>) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(async move {

@@ -13,8 +13,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Ahead, Error, LockName, NodeKind, Result};
+use queuelock_core::{Ahead, LockName, NodeKind, Result};
 
+use crate::barrier::{agree_on_count, positive};
 use crate::guard::Guard;
 use crate::metadata::QueueEntry;
 use crate::queue::{self, everyone_holds, predecessor, Admission, Context, Deadline, Request};
@@ -22,7 +23,7 @@ use crate::queue::{self, everyone_holds, predecessor, Admission, Context, Deadli
 /// A distributed counting semaphore with N permits and FIFO admission.
 ///
 /// The permit count is stored with the semaphore: every user must agree on it, and a
-/// caller asking for another count gets [`Error::Conflict`].
+/// caller asking for another count gets [`crate::Error::Conflict`].
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
@@ -57,11 +58,7 @@ impl fmt::Debug for Semaphore {
 
 impl Semaphore {
     pub(crate) fn new(ctx: Arc<Context>, name: LockName, permits: u32) -> Result<Self> {
-        if permits == 0 {
-            return Err(Error::Config(format!(
-                "semaphore {name} needs at least 1 permit"
-            )));
-        }
+        let permits = positive(permits, "semaphore", &name, "permit")?;
         let n = name.as_str();
         Ok(Semaphore {
             waiters: format!("{n}/waiters"),
@@ -104,24 +101,14 @@ impl Semaphore {
     /// Stores the permit count, or checks ours against the stored one.
     async fn check_permits(&self) -> Result<()> {
         let session = self.ctx.session().await?;
-        let ours = self.permits.to_string();
-        let stored = queue::retry(&*session, || {
-            session.put_if_absent(&self.count_key, ours.as_bytes())
-        })
-        .await?;
-        match stored {
-            Some(v) if v != ours.as_bytes() => Err(Error::Conflict {
-                key: self.count_key.clone(),
-                message: format!(
-                    "semaphore {} is stored with {} permits, this handle asks for {}",
-                    self.name,
-                    // Someone else's bytes: escaped, so no control characters reach a terminal.
-                    String::from_utf8_lossy(&v).escape_debug(),
-                    self.permits
-                ),
-            }),
-            _ => Ok(()),
-        }
+        agree_on_count(
+            &*session,
+            &self.count_key,
+            self.permits,
+            &format!("semaphore {}", self.name),
+            "permits",
+        )
+        .await
     }
 
     fn request(&self) -> Request<'_> {
@@ -166,7 +153,7 @@ impl Semaphore {
         Ok(lease.map(|l| Guard::new(self.label.clone(), l)))
     }
 
-    /// [`Semaphore::acquire`] that fails with [`Error::Timeout`] after `timeout`.
+    /// [`Semaphore::acquire`] that fails with [`crate::Error::Timeout`] after `timeout`.
     ///
     /// Cancel safety: safe.
     pub async fn acquire_timeout(&self, timeout: Duration) -> Result<Guard> {

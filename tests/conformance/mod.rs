@@ -426,7 +426,9 @@ macro_rules! conformance_tests {
             one_release_wakes_one_waiter, semaphore_release_wakes_few,
             release_over_a_stalled_link, lock_rides_out_a_short_outage,
             metrics_of_a_contended_run, metrics_of_timeouts_and_cancels,
-            metrics_of_a_lost_session
+            metrics_of_a_lost_session, barrier_releases_all_once_removed,
+            double_barrier_five, double_barrier_killed_participant,
+            count_down_latch_opens_at_zero, count_down_latch_concurrent
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1232,4 +1234,350 @@ pub async fn metrics_of_a_lost_session(h: &dyn Harness) {
     // Released after the loss: still one loss, one hold sample.
     assert_eq!(total(&name, "queuelock_losses_total", &[]), 1.0);
     assert_eq!(samples(&name, "queuelock_hold_seconds", &[]).len(), 1);
+}
+
+/// Whether `task` is still running after a pause that would let a wrongly released
+/// waiter finish (a safety check: it must not have finished; not a timing test).
+async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+    sleep(Duration::from_millis(300)).await;
+    !task.is_finished()
+}
+
+/// A barrier holds every waiter while it is up and releases all of them once it is
+/// removed (by another client); a barrier whose setter's session is lost falls.
+pub async fn barrier_releases_all_once_removed(h: &dyn Harness) {
+    let name = h.unique_name("barrier");
+    let setter = client(h).await;
+    let gate = setter.barrier(&name).expect("name");
+    assert!(!gate.is_set().await.expect("is_set"));
+    gate.wait()
+        .await
+        .expect("a barrier that is not up lets through");
+    assert!(gate.set().await.expect("set"));
+    assert!(!gate.set().await.expect("set again"), "set twice");
+    let mut waiters = Vec::new();
+    for _ in 0..4 {
+        let b = client(h).await.barrier(&name).expect("name");
+        waiters.push(tokio::spawn(async move { b.wait().await.expect("wait") }));
+    }
+    for w in &waiters {
+        assert!(still_waiting(w).await, "released while the barrier is up");
+    }
+    // A timed-out wait leaves nothing behind and does not disturb the others.
+    let b = client(h).await.barrier(&name).expect("name");
+    assert!(matches!(
+        b.wait_timeout(Duration::from_millis(50)).await,
+        Err(Error::Timeout(_))
+    ));
+    client(h)
+        .await
+        .barrier(&name)
+        .expect("name")
+        .remove()
+        .await
+        .expect("remove");
+    join_all(waiters, EVENTUALLY).await;
+    assert!(!gate.is_set().await.expect("is_set"));
+
+    // The setter's process dies: its barrier falls with its session.
+    let dying = client(h).await;
+    assert!(dying
+        .barrier(&name)
+        .expect("name")
+        .set()
+        .await
+        .expect("set"));
+    let b = client(h).await.barrier(&name).expect("name");
+    let waiter = tokio::spawn(async move { b.wait().await.expect("wait") });
+    assert!(
+        still_waiting(&waiter).await,
+        "released while the barrier is up"
+    );
+    h.expire(dying.session_id().expect("session")).await;
+    join_all(vec![waiter], h.ttl() + EVENTUALLY).await;
+    await_queue_len(&client(h).await, &format!("{name}/gate"), 0).await;
+}
+
+/// A double barrier for 5: nobody gets through `enter` before the fifth arrives, nobody
+/// out of `leave` before all have left; a cancelled enter leaves nothing behind; the
+/// barrier is used for a second round.
+pub async fn double_barrier_five(h: &dyn Harness) {
+    const N: u32 = 5;
+    let name = h.unique_name("dbarrier");
+    let observer = client(h).await;
+    let members = format!("{name}/members");
+    // A cancelled enter leaves nothing behind.
+    let b = client(h).await.double_barrier(&name, N).expect("name");
+    assert!(matches!(
+        b.enter_timeout(Duration::from_millis(100)).await,
+        Err(Error::Timeout(_))
+    ));
+    await_queue_len(&observer, &members, 0).await;
+    for round in 0..2 {
+        let inside = Arc::new(AtomicUsize::new(0));
+        let left = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for i in 0..N as usize {
+            let b = client(h).await.double_barrier(&name, N).expect("name");
+            let (inside_, left, tx) = (inside.clone(), left.clone(), tx.clone());
+            tasks.push(tokio::spawn(async move {
+                let e = b.enter().await.expect("enter");
+                inside_.fetch_add(1, Ordering::SeqCst);
+                // The last to arrive stays until the test lets it leave.
+                let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+                tx.send((i, go_tx)).expect("send");
+                let _ = go_rx.await;
+                e.leave().await.expect("leave");
+                left.fetch_add(1, Ordering::SeqCst);
+            }));
+            if i + 1 < N as usize {
+                await_queue_len(&observer, &members, i + 1).await;
+                sleep(Duration::from_millis(50)).await;
+                assert_eq!(
+                    inside.load(Ordering::SeqCst),
+                    0,
+                    "round {round}: through enter with {} of {N}",
+                    i + 1
+                );
+            }
+        }
+        let mut gates = Vec::new();
+        for _ in 0..N {
+            gates.push(
+                timeout(EVENTUALLY, rx.recv())
+                    .await
+                    .expect("enter hung")
+                    .expect("recv"),
+            );
+        }
+        assert_eq!(inside.load(Ordering::SeqCst), N as usize);
+        // All but one leave; none gets out while the last is inside.
+        let (_, last) = gates.pop().expect("one");
+        for (_, go) in gates {
+            go.send(()).expect("go");
+        }
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            left.load(Ordering::SeqCst),
+            0,
+            "round {round}: out of leave while one is inside"
+        );
+        last.send(()).expect("go");
+        join_all(tasks, EVENTUALLY).await;
+        assert_eq!(left.load(Ordering::SeqCst), N as usize);
+        await_queue_len(&observer, &members, 0).await;
+        await_queue_len(&observer, &format!("{name}/ready"), 0).await;
+    }
+    let err = client(h)
+        .await
+        .double_barrier(&name, 3)
+        .expect("name")
+        .enter()
+        .await
+        .expect_err("count mismatch");
+    assert!(
+        matches!(&err, Error::Conflict { message, .. } if message.contains("5 participants") && message.contains("asks for 3")),
+        "{err}"
+    );
+    assert!(matches!(
+        observer.double_barrier(&name, 0),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        observer.double_barrier("../x", 2),
+        Err(Error::InvalidName { .. })
+    ));
+}
+
+/// Rule: a participant whose session is lost has left. One killed while waiting in
+/// `enter` does not count towards `n`; one killed inside does not keep the others in
+/// `leave`.
+pub async fn double_barrier_killed_participant(h: &dyn Harness) {
+    const N: u32 = 3;
+    let name = h.unique_name("dbkill");
+    let observer = client(h).await;
+    let members = format!("{name}/members");
+    // Killed while waiting to enter: it stops counting.
+    let doomed = client(h).await;
+    let b = doomed.double_barrier(&name, N).expect("name");
+    let early = tokio::spawn(async move { b.enter().await });
+    await_queue_len(&observer, &members, 1).await;
+    let mut tasks = Vec::new();
+    let b = client(h).await.double_barrier(&name, N).expect("name");
+    tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
+    await_queue_len(&observer, &members, 2).await;
+    h.expire(doomed.session_id().expect("session")).await;
+    let r = timeout(h.ttl() + EVENTUALLY, early)
+        .await
+        .expect("hung")
+        .expect("join");
+    assert!(matches!(r, Err(Error::SessionExpired(_))), "{r:?}");
+    await_queue_len(&observer, &members, 1).await;
+    assert!(
+        still_waiting(&tasks[0]).await,
+        "entered with a dead participant counted"
+    );
+    let mut victim = None;
+    for _ in 0..2 {
+        let c = client(h).await;
+        let b = c.double_barrier(&name, N).expect("name");
+        if victim.is_none() {
+            victim = Some(c);
+        }
+        tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
+    }
+    let mut inside = Vec::new();
+    for t in tasks {
+        inside.push(
+            timeout(EVENTUALLY, t)
+                .await
+                .expect("enter hung")
+                .expect("join"),
+        );
+    }
+    // Killed inside: the others still get out.
+    let victim = victim.expect("victim");
+    let victim_id = victim.session_id().expect("session");
+    let (dead, alive): (Vec<_>, Vec<_>) = inside
+        .into_iter()
+        .partition(|e| e.session_id() == victim_id);
+    assert_eq!(dead.len(), 1);
+    let leaving: Vec<_> = alive
+        .into_iter()
+        .map(|e| tokio::spawn(async move { e.leave().await.expect("leave") }))
+        .collect();
+    for t in &leaving {
+        assert!(still_waiting(t).await, "out of leave while one is inside");
+    }
+    h.expire(victim_id).await;
+    join_all(leaving, h.ttl() + EVENTUALLY).await;
+    drop(dead);
+    await_queue_len(&observer, &members, 0).await;
+    await_queue_len(&observer, &format!("{name}/ready"), 0).await;
+
+    // A round whose participants all leave by dropping their handles (no leave()) still
+    // ends: the next participant waits for a full round of its own.
+    // Their clients (whose sessions own the ready mark) stay alive.
+    let mut tasks = Vec::new();
+    let mut alive = Vec::new();
+    for _ in 0..N {
+        let c = client(h).await;
+        let b = c.double_barrier(&name, N).expect("name");
+        alive.push(c);
+        tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
+    }
+    for t in tasks {
+        drop(
+            timeout(EVENTUALLY, t)
+                .await
+                .expect("enter hung")
+                .expect("join"),
+        );
+    }
+    await_queue_len(&observer, &members, 0).await;
+    await_queue_len(&observer, &format!("{name}/ready"), 0).await;
+    let b = client(h).await.double_barrier(&name, N).expect("name");
+    assert!(
+        matches!(
+            b.enter_timeout(Duration::from_millis(300)).await,
+            Err(Error::Timeout(_))
+        ),
+        "entered on a finished round's ready mark"
+    );
+    await_queue_len(&observer, &members, 0).await;
+    drop(alive);
+}
+
+/// A latch opens after exactly `n` count-downs (from several clients, one of which dies
+/// after counting: it stays counted), releasing every waiter; a cancelled wait leaves
+/// nothing behind; bad input is refused by name.
+pub async fn count_down_latch_opens_at_zero(h: &dyn Harness) {
+    const N: u32 = 3;
+    let name = h.unique_name("latch");
+    let observer = client(h).await;
+    let latch = observer.count_down_latch(&name, N).expect("name");
+    assert_eq!(latch.count().await.expect("count"), N);
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let l = client(h).await.count_down_latch(&name, N).expect("name");
+        waiters.push(tokio::spawn(async move { l.wait().await.expect("wait") }));
+    }
+    let waiting = format!("{name}/waiters");
+    await_queue_len(&observer, &waiting, 3).await;
+    let l = client(h).await.count_down_latch(&name, N).expect("name");
+    assert!(matches!(
+        l.wait_timeout(Duration::from_millis(50)).await,
+        Err(Error::Timeout(_))
+    ));
+    await_queue_len(&observer, &waiting, 3).await;
+    // A count-down survives its maker's death.
+    let dying = client(h).await;
+    let l = dying.count_down_latch(&name, N).expect("name");
+    assert_eq!(l.count_down().await.expect("count_down"), 2);
+    h.expire(dying.session_id().expect("session")).await;
+    assert_eq!(latch.count().await.expect("count"), 2);
+    assert_eq!(latch.count_down().await.expect("count_down"), 1);
+    for w in &waiters {
+        assert!(still_waiting(w).await, "latch opened early");
+    }
+    let other = client(h).await.count_down_latch(&name, N).expect("name");
+    assert_eq!(other.count_down().await.expect("count_down"), 0);
+    join_all(waiters, EVENTUALLY).await;
+    assert_eq!(latch.count().await.expect("count"), 0);
+    assert_eq!(latch.count_down().await.expect("at zero"), 0);
+    timeout(EVENTUALLY, latch.wait())
+        .await
+        .expect("open latch waits")
+        .expect("wait");
+    await_queue_len(&observer, &waiting, 0).await;
+    let err = observer
+        .count_down_latch(&name, 4)
+        .expect("name")
+        .count()
+        .await
+        .expect_err("count mismatch");
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert!(matches!(
+        observer.count_down_latch(&name, 0),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        observer.barrier("a//b"),
+        Err(Error::InvalidName { .. })
+    ));
+    assert!(matches!(
+        observer.count_down_latch("", 1),
+        Err(Error::InvalidName { .. })
+    ));
+}
+
+/// Concurrent count-downs from many clients: each takes one step, the latch ends at zero
+/// exactly when the last one returns 0.
+pub async fn count_down_latch_concurrent(h: &dyn Harness) {
+    const N: u32 = 12;
+    let name = h.unique_name("latchrace");
+    let mut tasks = Vec::new();
+    let left = Arc::new(StdMutex::new(Vec::new()));
+    for _ in 0..4 {
+        let c = client(h).await;
+        for _ in 0..3 {
+            let (l, left) = (c.count_down_latch(&name, N).expect("name"), left.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = l.count_down().await.expect("count_down");
+                left.lock().expect("left").push(r);
+            }));
+        }
+    }
+    join_all(tasks, EVENTUALLY).await;
+    let mut left = left.lock().expect("left").clone();
+    left.sort_unstable();
+    assert_eq!(left, (0..N).collect::<Vec<_>>(), "each count_down one step");
+    let c = client(h).await;
+    let l = c.count_down_latch(&name, N).expect("name");
+    assert_eq!(l.count().await.expect("count"), 0);
+    timeout(EVENTUALLY, l.wait())
+        .await
+        .expect("hung")
+        .expect("wait");
 }
