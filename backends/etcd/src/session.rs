@@ -640,16 +640,15 @@ impl Session for EtcdSession {
             return Ok(());
         }
         let mut state = self.state.clone();
-        loop {
-            let ev = tokio::select! {
-                ev = reg.next() => ev,
-                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
-            };
-            match ev {
-                Event::Put => return Ok(()),
-                Event::Delete => return Err(Error::LockLost(LossReason::NodeDeleted)),
-                Event::Broken => return Err(Error::connection("etcd watch broke")),
-            }
+        let ev = tokio::select! {
+            ev = reg.next() => ev,
+            _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
+        };
+        match ev {
+            Event::Put => Ok(()),
+            // The request goes with the node (its delete, its lease).
+            Event::Delete => Err(Error::LockLost(LossReason::NodeDeleted)),
+            Event::Broken => Err(Error::connection("etcd watch broke")),
         }
     }
 
