@@ -114,7 +114,9 @@ impl Mutex {
     /// `etcdctl lock` does not queue behind it), bound to the holder's lease and watched
     /// by the holder; PostgreSQL — a row that goes with the holder's node, announced by
     /// `NOTIFY`; Redis — a mark beside the node, announced on a pub/sub channel; memory —
-    /// a flag on the node.
+    /// a flag on the node. On ZooKeeper, Curator's requester writes `__REVOKE__` into any
+    /// holder's node, revocable or not: a holder that is not revocable then shows no
+    /// metadata (`status` lists it as another tool's node) until it releases.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
