@@ -156,6 +156,25 @@ impl Guard {
         self.lease.lost().await
     }
 
+    /// Resolves once a revocation of this hold has been requested
+    /// ([`crate::Mutex::request_revoke`], `queuelock revoke NAME`, Curator's
+    /// `Revoker.attemptRevoke` on ZooKeeper), for a hold of a [`crate::Mutex`] made
+    /// [`crate::Mutex::revocable`]; never for any other hold. Resolves at once for a hold
+    /// that was already asked. It is a request, not a loss: the lock stays held until the
+    /// holder releases it, so `select!` on it beside the work, finish or checkpoint, then
+    /// [`Guard::release`].
+    ///
+    /// Cancel safety: safe; call it again at will (the request stays seen).
+    pub async fn revoke_requested(&self) {
+        self.lease.revoke_requested().await
+    }
+
+    /// Whether a revocation of this hold has been requested and seen
+    /// ([`Guard::revoke_requested`]), checked without waiting.
+    pub fn is_revoke_requested(&self) -> bool {
+        self.lease.is_revoke_requested()
+    }
+
     /// Atomically applies `writes` to keys in the coordination store **only if this lock
     /// is still held** (etcd: a transaction comparing our node's revision; ZooKeeper: a
     /// `multi` with a `check` of our node). Fails with [`Error::LockLost`], writing

@@ -94,7 +94,7 @@ pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;
 pub use latch::CountDownLatch;
 pub use multilock::{MultiGuard, MultiLock};
-pub use mutex::{Mutex, MutexGuard};
+pub use mutex::{Mutex, MutexGuard, Revocation};
 pub use options::ClientOptions;
 pub use queue::{describe_metrics, LossPolicy, NameLabel};
 pub use queuelock_core::{Error, LockName, LossReason, NameError, Result, SessionId, SessionState};

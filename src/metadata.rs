@@ -20,6 +20,14 @@ pub struct HolderInfo {
     /// The client's optional label ([`crate::ClientOptions::label`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The holder watches for revocation requests ([`crate::Mutex::revocable`]): a
+    /// [`crate::Mutex::request_revoke`] reaches it. `false` for every other node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revocable: bool,
+    /// When the holder saw a revocation request, in milliseconds since the Unix epoch
+    /// (written back by the holder; `None`: none seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_requested_at_ms: Option<u64>,
 }
 
 impl HolderInfo {
@@ -28,12 +36,23 @@ impl HolderInfo {
         HolderInfo {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
-            queued_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            queued_at_ms: now_ms(),
             label: label.map(str::to_owned),
+            revocable: false,
+            revoke_requested_at_ms: None,
         }
+    }
+
+    /// The same metadata, marked as watching for revocation requests.
+    pub fn with_revocable(mut self, revocable: bool) -> Self {
+        self.revocable = revocable;
+        self
+    }
+
+    /// The same metadata, recording that a revocation request was seen now.
+    pub fn with_revoke_seen(mut self) -> Self {
+        self.revoke_requested_at_ms = Some(now_ms());
+        self
     }
 
     /// The JSON payload.
@@ -45,6 +64,14 @@ impl HolderInfo {
     pub fn decode(payload: &[u8]) -> Option<Self> {
         serde_json::from_slice(payload).ok()
     }
+}
+
+/// Milliseconds since the Unix epoch, now (0 if the clock is before it).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// One node of a lock's queue, as shown by `holders()` / `waiters()`.

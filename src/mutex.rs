@@ -1,14 +1,18 @@
 //! [`Mutex`]: a fair (FIFO), fenced, re-entrant distributed mutex.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Ahead, LockName, NodeKind, Result};
+use queuelock_core::{Ahead, Error, LockName, Node, NodeKind, Result};
 
 use crate::guard::{Guard, HoldCount};
-use crate::metadata::QueueEntry;
+use crate::metadata::{HolderInfo, QueueEntry};
 use crate::queue::{self, predecessor, Context, Deadline, Request};
+
+/// The bytes Curator's `Revoker.attemptRevoke` writes into a lock node on ZooKeeper.
+const CURATOR_REVOKE: &[u8] = b"__REVOKE__";
 
 /// A fair distributed mutex.
 ///
@@ -49,6 +53,8 @@ struct Inner {
     /// One acquire at a time per handle; a second waits and then re-enters.
     acquiring: tokio::sync::Mutex<()>,
     holds: Arc<HoldCount>,
+    /// Holds taken from now on watch for revocation requests ([`Mutex::revocable`]).
+    revocable: AtomicBool,
 }
 
 impl fmt::Debug for Mutex {
@@ -66,7 +72,10 @@ impl Inner {
     }
 
     fn request(&self) -> Request<'_> {
-        Request::new(self.name.as_str(), NodeKind::Lock, Ahead::Predecessor)
+        Request {
+            revocable: self.revocable.load(Ordering::Relaxed),
+            ..Request::new(self.name.as_str(), NodeKind::Lock, Ahead::Predecessor)
+        }
     }
 }
 
@@ -79,6 +88,7 @@ impl Mutex {
                 name,
                 acquiring: tokio::sync::Mutex::new(()),
                 holds: Arc::default(),
+                revocable: AtomicBool::new(false),
             }),
         }
     }
@@ -86,6 +96,104 @@ impl Mutex {
     /// The lock's name.
     pub fn name(&self) -> &str {
         self.inner.name.as_str()
+    }
+
+    /// Makes this handle's holds **revocable** (cooperative revocation, Curator's
+    /// `makeRevocable`): a hold taken through it watches for revocation requests
+    /// ([`Mutex::request_revoke`], `queuelock revoke NAME`, or on ZooKeeper Curator's
+    /// `Revoker.attemptRevoke`), and [`Guard::revoke_requested`] resolves once one
+    /// comes. The holder decides what to do: a request never takes the lock away, so a
+    /// holder that ignores it keeps the lock. Applies to holds taken after the call
+    /// (a re-entered hold shares the first hold's node and its revocability).
+    ///
+    /// The holder's metadata says it is revocable (`status` shows it), and once a request
+    /// is seen, when it was. How a request travels: ZooKeeper — Curator's protocol (the
+    /// requester sets the lock node's data to `__REVOKE__`, the holder has a data watch
+    /// on its node and then writes its metadata back); etcd — a key beside the holder's,
+    /// `~queuelock/revoke/<holder key>` under the prefix (outside every lock's prefix, so
+    /// `etcdctl lock` does not queue behind it), bound to the holder's lease and watched
+    /// by the holder; PostgreSQL — a row that goes with the holder's node, announced by
+    /// `NOTIFY`; Redis — a mark beside the node, announced on a pub/sub channel; memory —
+    /// a flag on the node. On ZooKeeper, Curator's requester writes `__REVOKE__` into any
+    /// holder's node, revocable or not: a holder that is not revocable then shows no
+    /// metadata (`status` lists it as another tool's node) until it releases.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> queuelock::Result<()> {
+    /// use queuelock::Revocation;
+    /// let client = queuelock::Client::connect("memory://").await?;
+    /// let m = client.mutex("reports")?.revocable();
+    /// let guard = m.lock().await?;
+    /// let other = client.mutex("reports")?;
+    /// assert!(matches!(other.request_revoke().await?, Revocation::Requested { .. }));
+    /// tokio::select! {
+    ///     _ = guard.revoke_requested() => { /* finish up, then let go */ }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => unreachable!(),
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn revocable(self) -> Self {
+        self.inner.revocable.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Whether this handle's holds are revocable ([`Mutex::revocable`]).
+    pub fn is_revocable(&self) -> bool {
+        self.inner.revocable.load(Ordering::Relaxed)
+    }
+
+    /// Asks the current holder of the lock to let go (cooperative revocation): reads the
+    /// holder and, unless it is a queuelock holder that did not opt in
+    /// ([`Mutex::revocable`]), leaves it a revocation request. The holder sees it
+    /// through [`Guard::revoke_requested`] (or Curator's `RevocationListener`) and
+    /// decides; nothing is deleted. Asking a holder that was already asked is harmless.
+    /// Holders of other tools are asked too (their metadata cannot say whether they
+    /// listen): a Curator holder on ZooKeeper made revocable hears it, others ignore it.
+    ///
+    /// Two round trips (read the holder, write the request) where nothing races.
+    ///
+    /// Cancel safety: a dropped call may still leave the request.
+    pub async fn request_revoke(&self) -> Result<Revocation> {
+        let ctx = &self.inner.ctx;
+        let session = ctx.session().await?;
+        let queue = self.inner.name.as_str();
+        let listing = queue::retry(&*session, || session.list(queue)).await?;
+        let Some(first) = listing.nodes.first() else {
+            return Ok(Revocation::NotHeld);
+        };
+        let Some((payload, token)) =
+            queue::retry(&*session, || session.read_node(&first.key)).await?
+        else {
+            // Released between the listing and the read.
+            return Ok(Revocation::NotHeld);
+        };
+        let holder = QueueEntry {
+            key: first.key.clone(),
+            fencing_token: token,
+            kind: first.kind,
+            holder: HolderInfo::decode(&payload),
+        };
+        if holder.holder.as_ref().is_some_and(|h| !h.revocable) {
+            return Ok(Revocation::NotRevocable { holder });
+        }
+        let node = Node {
+            token,
+            ..first.clone()
+        };
+        if payload == CURATOR_REVOKE {
+            // Asked already (a ZooKeeper holder that has not answered, or not one of ours).
+            return Ok(Revocation::Requested { holder });
+        }
+        match queue::retry(&*session, || session.request_revoke(&node)).await {
+            Ok(true) => Ok(Revocation::Requested { holder }),
+            Ok(false) => Ok(Revocation::NotHeld),
+            // A holder the store cannot leave a request for (Redis: a plain SET NX lock).
+            Err(Error::NotSupported { .. }) if holder.holder.is_none() => {
+                Ok(Revocation::NotRevocable { holder })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Who holds the lock (at most one entry), with holder metadata.
@@ -175,6 +283,28 @@ impl Mutex {
         let lease = queue::try_acquire(&self.inner.ctx, self.inner.request()).await?;
         Ok(lease.map(|l| self.inner.holds.install(&self.inner.label, l)))
     }
+}
+
+/// What [`Mutex::request_revoke`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Revocation {
+    /// The holder was asked to let go: it sees the request through
+    /// [`Guard::revoke_requested`] (or, for another tool's holder, in that tool's own
+    /// way, if it listens at all — `holder.holder` is `None` then).
+    Requested {
+        /// The holder that was asked.
+        holder: QueueEntry,
+    },
+    /// The holder is a queuelock holder that does not watch for revocation requests
+    /// (its mutex was not made [`Mutex::revocable`]), or one of another tool the store
+    /// cannot leave a request for: nothing was written.
+    NotRevocable {
+        /// The holder.
+        holder: QueueEntry,
+    },
+    /// Nobody holds the lock (or the holder let go before the request was written).
+    NotHeld,
 }
 
 /// The guard of a [`Mutex`]: the shared [`Guard`] type.

@@ -117,7 +117,12 @@ impl Context {
 
     /// A node payload: this process's holder metadata.
     pub(crate) fn payload(&self) -> Vec<u8> {
-        HolderInfo::now(self.label.as_deref()).encode()
+        self.holder_info().encode()
+    }
+
+    /// This process's holder metadata, now.
+    fn holder_info(&self) -> HolderInfo {
+        HolderInfo::now(self.label.as_deref())
     }
 }
 
@@ -136,6 +141,9 @@ pub(crate) struct Request<'a> {
     pub admission: Option<Admission<'a>>,
     /// `Some`: give up then, with [`Error::Timeout`] (recorded as a timeout).
     pub deadline: Option<Deadline>,
+    /// The hold watches for revocation requests ([`Lease::watch_revocation`]) and says
+    /// so in its metadata. Only without an admission and a custom payload.
+    pub revocable: bool,
 }
 
 /// When a waiting acquire gives up.
@@ -181,6 +189,7 @@ impl<'a> Request<'a> {
             payload: None,
             admission: None,
             deadline: None,
+            revocable: false,
         }
     }
 }
@@ -342,7 +351,8 @@ async fn join<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Res
 /// Cancel safety: safe; our node (created or maybe created) is removed if dropped.
 async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> Result<M::Output> {
     let session = ctx.session().await?;
-    let payload = req.payload.clone().unwrap_or_else(|| ctx.payload());
+    let info = ctx.holder_info().with_revocable(req.revocable);
+    let payload = req.payload.clone().unwrap_or_else(|| info.encode());
     let spec = NodeSpec::new(req.queue, req.kind, payload).with_ahead(req.ahead);
     let mut pending = Pending::new(session.clone(), spec);
     let created = retry(&*session, || session.create_sequential(&pending.spec))
@@ -367,7 +377,11 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             // With an admission this is only a turn in the waiting line: the hold is the
             // holder node entered next.
             let hold = req.admission.is_none().then(|| hold_record(labels));
-            break Lease::grant(session.clone(), me, read.revision, ctx.policy, hold);
+            let lease = Lease::grant(session.clone(), me, read.revision, ctx.policy, hold);
+            if req.revocable && req.admission.is_none() && req.payload.is_none() {
+                lease.watch_revocation(info);
+            }
+            break lease;
         };
         if let Some(out) = M::busy() {
             pending.remove().await;

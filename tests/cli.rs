@@ -653,3 +653,91 @@ async fn status_watch_shows_a_waiter_come_and_go() {
         tmux(&["kill-server"]);
     }
 }
+
+/// `run --revocable --revoke-signal USR1`: `queuelock revoke NAME` reaches the command as
+/// SIGUSR1, and the lock stays held until the command exits (with its own status);
+/// `revoke` says when nobody holds the lock (3) or the holder is not revocable (4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_reaches_a_revocable_run_as_a_signal() {
+    for url in urls() {
+        let dir = temp();
+        let (f, go) = (dir.join("f"), dir.join("go"));
+        let name = unique("revoke");
+        let script = format!(
+            "trap 'echo got-usr1 >> {f}; while [ ! -e {go} ]; do sleep 0.05; done; exit 5' USR1; \
+             echo up >> {f}; while true; do sleep 0.05; done",
+            f = f.display(),
+            go = go.display()
+        );
+        assert_eq!(
+            run(&["revoke", "--url", &url, &name]).status.code(),
+            Some(3),
+            "{url}: revoke of a free lock"
+        );
+        let mut child = tokio::process::Command::new(BIN)
+            .args([
+                "run",
+                "--url",
+                &url,
+                "--revocable",
+                "--revoke-signal",
+                "usr1",
+                &name,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .spawn()
+            .expect("spawn");
+        wait_for_line(&f, "up").await;
+        let asked = run(&["revoke", "--url", &url, &name]);
+        assert!(
+            asked.status.success(),
+            "{url}: revoke: {}",
+            String::from_utf8_lossy(&asked.stderr)
+        );
+        wait_for_line(&f, "got-usr1").await;
+        // The command got the request and has not exited yet: the lock is still held.
+        let c = Client::connect(&url).await.expect("connect");
+        let m = c.mutex(&name).expect("name");
+        assert!(
+            m.try_lock().await.expect("try_lock").is_none(),
+            "{url}: the lock went before the command exited"
+        );
+        std::fs::write(&go, b"").expect("go");
+        let status = timeout(Duration::from_secs(20), child.wait())
+            .await
+            .expect("hung")
+            .expect("wait");
+        assert_eq!(status.code(), Some(5), "{url}: child status not passed on");
+        let g = timeout(Duration::from_secs(20), m.lock())
+            .await
+            .expect("lock not released")
+            .expect("lock");
+        let not_revocable = run(&["revoke", "--url", &url, &name]);
+        assert_eq!(
+            not_revocable.status.code(),
+            Some(4),
+            "{url}: {}",
+            String::from_utf8_lossy(&not_revocable.stderr)
+        );
+        g.release().await.expect("release");
+    }
+    // A bad signal name is refused before anything runs.
+    let out = run(&[
+        "run",
+        "--revocable",
+        "--revoke-signal",
+        "NOPE",
+        "x",
+        "--",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOPE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -5,6 +5,8 @@
 # "BACKEND:--unavailable=NAME=REASON" entries for `queuelock-bench run`. A peer that
 # cannot be installed or built is reported with the reason, never dropped.
 
+source scripts/lib/curator.sh
+
 QL_CACHE="${QUEUELOCK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/queuelock}"
 PEERS_BUILD="$PWD/target/bench-peers"
 
@@ -54,23 +56,19 @@ peers_go() {
   fi
 }
 
-# Apache Curator InterProcessMutex (Debian's Curator 5.4 jars; Maven Central is not
-# needed), compiled with plain javac.
+# Apache Curator InterProcessMutex (scripts/lib/curator.sh: Debian's Curator 5.4 jars),
+# compiled with plain javac.
 peers_java() {
-  local name="Curator InterProcessMutex (Java)" out="$PEERS_BUILD/java" log="$PEERS_BUILD/javac.log"
-  local cp=/usr/share/java/curator-recipes.jar:/usr/share/java/slf4j-nop.jar
-  local pkgs=(libcurator-recipes-java libcurator-framework-java libcurator-client-java libslf4j-java)
-  command -v javac >/dev/null 2>&1 || pkgs+=(default-jdk-headless)
-  if ! ql_apt_install "${pkgs[@]}" >&2; then
-    peer_unavailable zookeeper "$name" "apt-get install ${pkgs[*]} failed"
+  local name="Curator InterProcessMutex (Java)" out="$PEERS_BUILD/java"
+  if ! curator_install >&2; then
+    peer_unavailable zookeeper "$name" "apt-get install of Curator's jars and a JDK failed"
     return 0
   fi
   ql_log "compiling the Curator harness"
-  mkdir -p "$out"
-  if javac -nowarn -d "$out" -cp "$cp" bench/peers/java/CuratorBench.java >"$log" 2>&1; then
-    peer_ok zookeeper "$name" "java -Xss512k -cp $out:$cp CuratorBench"
+  if curator_compile "$out" bench/peers/java/CuratorBench.java; then
+    peer_ok zookeeper "$name" "java -Xss512k -cp $out:$CURATOR_CP CuratorBench"
   else
-    peer_unavailable zookeeper "$name" "javac failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+    peer_unavailable zookeeper "$name" "javac failed: $(tail -n 3 "$out/javac.log" | tr '\n' ' ')"
   fi
 }
 

@@ -1,7 +1,9 @@
 //! `queuelock`: run a command under a distributed lock, like `flock(1)` across machines.
 //!
 //! ```text
-//! queuelock run  [--url U] [--timeout D] [--permits N] [--metrics-addr A] NAME -- CMD [ARGS...]
+//! queuelock run  [--url U] [--timeout D] [--permits N] [--metrics-addr A]
+//!                [--revocable [--revoke-signal SIG]] NAME -- CMD [ARGS...]
+//! queuelock revoke [--url U] NAME
 //! queuelock status [--url U] [--kind auto|mutex|rwlock|semaphore|election] [--json]
 //!                  [--watch [--interval D]] NAME
 //! queuelock elect [--url U] [--metrics-addr A] NAME VALUE -- CMD [ARGS...]
@@ -16,7 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use queuelock::metadata::QueueEntry;
-use queuelock::{Client, Config, Error, Guard, LockName, LossReason};
+use queuelock::{Client, Config, Error, Guard, LockName, LossReason, Revocation};
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -30,6 +32,10 @@ const EXIT_CANNOT_RUN: u8 = 126;
 const EXIT_NOT_FOUND: u8 = 127;
 /// Exit status when the lock was lost while the command ran (EX_TEMPFAIL).
 const EXIT_LOST: u8 = 75;
+/// `revoke`: nobody holds the lock.
+const EXIT_NOT_HELD: u8 = 3;
+/// `revoke`: the holder does not watch for revocation requests.
+const EXIT_NOT_REVOCABLE: u8 = 4;
 
 const AFTER_HELP: &str = "\
 EXIT STATUS (run, elect):
@@ -39,6 +45,17 @@ EXIT STATUS (run, elect):
   124                        --timeout passed before the lock was ours
   125                        queuelock failed: bad URL or option, connection, name
   126 / 127                  the command could not be run / was not found
+
+EXIT STATUS (revoke):
+  0                          the holder was asked to let go (it decides when)
+  3                          nobody holds the lock
+  4                          the holder does not watch for revocation requests
+                             (not started with --revocable / Mutex::revocable)
+  125                        queuelock failed
+
+With run --revocable, a revocation request (queuelock revoke NAME, Mutex::request_revoke,
+Curator's Revoker.attemptRevoke on ZooKeeper) is forwarded to the command as a signal
+(--revoke-signal, default SIGTERM); the lock is held until the command exits.
 
 The store comes from --url or QUEUELOCK_URL (etcd://h:2379/prefix, zk://h:2181/chroot,
 memory://). The command gets QUEUELOCK_NAME, QUEUELOCK_KEY and QUEUELOCK_FENCING_TOKEN.";
@@ -85,6 +102,13 @@ enum Cmd {
         /// After a lost lock, how long CMD gets between SIGTERM and SIGKILL.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// Hold the lock revocably: a revocation request (`queuelock revoke NAME`) is
+        /// forwarded to CMD as --revoke-signal; the lock is held until CMD exits.
+        #[arg(long, conflicts_with = "permits")]
+        revocable: bool,
+        /// The signal a revocation request sends CMD (TERM, SIGINT, HUP, USR1, 15, ...).
+        #[arg(long, requires = "revocable", default_value = "TERM", value_parser = parse_signal)]
+        revoke_signal: Signal,
         /// Lock name (`/`-separated segments of A-Z a-z 0-9 . _ -).
         name: String,
         /// The command and its arguments.
@@ -110,6 +134,13 @@ enum Cmd {
         /// How often --watch redraws.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// Lock name.
+        name: String,
+    },
+    /// Ask the holder of a lock to let go (cooperative revocation); the holder decides.
+    Revoke {
+        #[command(flatten)]
+        target: Target,
         /// Lock name.
         name: String,
     },
@@ -236,6 +267,8 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             timeout,
             permits,
             grace,
+            revocable,
+            revoke_signal,
             name,
             command,
         } => {
@@ -243,14 +276,15 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             LockName::new(&name)?;
             serve_metrics(&metrics)?;
             let client = connect(&target).await?;
-            let acquire = acquire(&client, &name, permits);
+            let acquire = acquire(&client, &name, permits, revocable);
             let guard = match timeout {
                 Some(d) => tokio::time::timeout(d, acquire)
                     .await
                     .map_err(|_| Error::Timeout(d))??,
                 None => acquire.await?,
             };
-            let code = supervise(&guard, &command, grace).await;
+            let forward = revocable.then_some(revoke_signal);
+            let code = supervise(&guard, &command, grace, forward).await;
             let released = guard.release().await;
             client.close().await.ok();
             match (code, released) {
@@ -306,6 +340,33 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
                 tokio::time::sleep(interval).await;
             }
         }
+        Cmd::Revoke { target, name } => {
+            // A bad name fails before any connection is made.
+            LockName::new(&name)?;
+            let client = connect(&target).await?;
+            let outcome = client.mutex(&name)?.request_revoke().await;
+            client.close().await.ok();
+            Ok(match outcome? {
+                Revocation::Requested { holder } => {
+                    println!(
+                        "{name}: asked the holder to let go: {}",
+                        describe(std::slice::from_ref(&holder))
+                    );
+                    0
+                }
+                Revocation::NotRevocable { holder } => {
+                    eprintln!(
+                        "{name}: the holder does not watch for revocation requests: {}",
+                        describe(std::slice::from_ref(&holder))
+                    );
+                    EXIT_NOT_REVOCABLE
+                }
+                _ => {
+                    eprintln!("{name}: nobody holds the lock");
+                    EXIT_NOT_HELD
+                }
+            })
+        }
         Cmd::Elect {
             target,
             metrics,
@@ -319,7 +380,7 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
             serve_metrics(&metrics)?;
             let client = connect(&target).await?;
             let leadership = client.election(&name)?.campaign(value).await?;
-            let code = supervise(leadership.guard(), &command, grace).await;
+            let code = supervise(leadership.guard(), &command, grace, None).await;
             let resigned = leadership.resign().await;
             client.close().await.ok();
             match (code, resigned) {
@@ -332,10 +393,16 @@ async fn run(cli: Cli) -> queuelock::Result<u8> {
 }
 
 /// Waits in the queue, telling the user who holds the lock once waiting takes a moment.
-async fn acquire(client: &Client, name: &str, permits: Option<u32>) -> queuelock::Result<Guard> {
+async fn acquire(
+    client: &Client,
+    name: &str,
+    permits: Option<u32>,
+    revocable: bool,
+) -> queuelock::Result<Guard> {
     let take = async {
         match permits {
             Some(n) => client.semaphore(name, n)?.acquire().await,
+            None if revocable => client.mutex(name)?.revocable().lock().await,
             None => client.mutex(name)?.lock().await,
         }
     };
@@ -521,6 +588,8 @@ fn render(name: &str, view: &StatusView, json: bool, seen: &mut HoldSeen) -> Str
                 "pid": e.holder.as_ref().map(|h| h.pid),
                 "queued_at_ms": queued(e),
                 "label": e.holder.as_ref().and_then(|h| h.label.clone()),
+                "revocable": e.holder.as_ref().map(|h| h.revocable),
+                "revoke_requested_at_ms": e.holder.as_ref().and_then(|h| h.revoke_requested_at_ms),
             })
         };
         let holders: Vec<_> = view
@@ -584,7 +653,12 @@ fn render(name: &str, view: &StatusView, json: bool, seen: &mut HoldSeen) -> Str
     for (title, e, time) in rows {
         let i = n.entry(title).or_insert(0);
         *i += 1;
-        let who = describe(std::slice::from_ref(e));
+        let mut who = describe(std::slice::from_ref(e));
+        match &e.holder {
+            Some(h) if h.revoke_requested_at_ms.is_some() => who.push_str("  (asked to let go)"),
+            Some(h) if h.revocable => who.push_str("  (revocable)"),
+            _ => {}
+        }
         out.push_str(&format!(
             "  {title} {i:>2}  token {:>8}  {time:<14}  {who}  [{}]\n",
             e.fencing_token, e.key
@@ -595,7 +669,15 @@ fn render(name: &str, view: &StatusView, json: bool, seen: &mut HoldSeen) -> Str
 
 /// Runs the command while `guard` holds; returns its exit status (`Err` for statuses
 /// queuelock decides: lost lock, command not runnable).
-async fn supervise(guard: &Guard, command: &[String], grace: Duration) -> Result<u8, u8> {
+/// Runs the command while `guard` holds, forwarding our signals to it; stops it when the
+/// lock is lost; with `revoke_signal`, sends it that signal once a revocation of the
+/// hold is requested (and keeps holding until it exits).
+async fn supervise(
+    guard: &Guard,
+    command: &[String],
+    grace: Duration,
+    revoke_signal: Option<Signal>,
+) -> Result<u8, u8> {
     let Some((program, args)) = command.split_first() else {
         return Err(EXIT_CANNOT_RUN);
     };
@@ -635,6 +717,7 @@ async fn supervise(guard: &Guard, command: &[String], grace: Duration) -> Result
     let can_forward = !streams.is_empty();
     let mut lost: Option<LossReason> = None;
     let mut kill_at: Option<tokio::time::Instant> = None;
+    let mut revoke_pending = revoke_signal.is_some();
     loop {
         let forwarded = async {
             let waits = streams.iter_mut().map(|(k, s)| {
@@ -677,6 +760,16 @@ async fn supervise(guard: &Guard, command: &[String], grace: Duration) -> Result
                 }
                 kill_at = Some(tokio::time::Instant::now() + grace);
             }
+            _ = guard.revoke_requested(), if revoke_pending => {
+                revoke_pending = false;
+                if let (Some(pid), Some(sig)) = (pid, revoke_signal) {
+                    eprintln!(
+                        "queuelock: revocation of {} requested; sending {sig} to the command",
+                        guard.name()
+                    );
+                    let _ = kill(pid, sig);
+                }
+            }
             _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
                 eprintln!("queuelock: the command outlived its grace period; killing it");
                 let _ = child.start_kill();
@@ -689,6 +782,21 @@ async fn supervise(guard: &Guard, command: &[String], grace: Duration) -> Result
             }
         }
     }
+}
+
+/// A signal by name (`TERM`, `SIGTERM`, case-insensitive) or number (`15`).
+fn parse_signal(s: &str) -> Result<Signal, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("{s:?} is not a signal name (TERM, INT, HUP, USR1, ...)"))
 }
 
 fn to_nix(kind: SignalKind) -> Option<Signal> {

@@ -4,13 +4,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{Error, LossReason, Node, Result, Session, SessionState};
+use queuelock_core::{Error, LossReason, Node, Op, Result, Session, SessionState};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::telemetry::HoldRecord;
 use super::{remove_node, settle, spawn_removal};
+use crate::metadata::HolderInfo;
 
 /// When a held lock counts as lost.
 #[derive(
@@ -70,6 +71,11 @@ pub(crate) struct Lease {
     /// otherwise fire the holder's own watch on its own delete: a second notification
     /// per release).
     monitor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// `true` once a revocation was requested and seen ([`Lease::watch_revocation`]).
+    revoke: watch::Sender<bool>,
+    /// The revocation watch's task, if the hold is revocable: stopped and awaited before
+    /// the node is deleted, like the loss watch.
+    revoke_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     released: AtomicBool,
     /// The hold's metrics and span; `None` for a lease that is not a hold (the
     /// semaphore's turn in its waiting line).
@@ -103,6 +109,8 @@ impl Lease {
             lost: lost.clone(),
             stop: CancellationToken::new(),
             monitor: std::sync::Mutex::new(None),
+            revoke: watch::channel(false).0,
+            revoke_watch: std::sync::Mutex::new(None),
             released: AtomicBool::new(false),
             hold: hold.clone(),
         });
@@ -126,6 +134,49 @@ impl Lease {
     /// The session that owns the node.
     pub(crate) fn session(&self) -> &Arc<dyn Session> {
         &self.session
+    }
+
+    /// Starts watching for revocation requests of the held node
+    /// ([`Session::revoke_requested`]); once one is seen, [`Lease::revoke_requested`]
+    /// resolves and the node's metadata is written back as `info`, marked with the time
+    /// the request was seen (on ZooKeeper the request replaced it: Curator's protocol),
+    /// so holder metadata stays readable and shows the request.
+    pub(crate) fn watch_revocation(self: &Arc<Self>, info: HolderInfo) {
+        if self.released.load(Ordering::SeqCst) {
+            return;
+        }
+        let task = tokio::spawn(watch_revocation(
+            self.session.clone(),
+            self.node.clone(),
+            info,
+            self.revoke.clone(),
+            self.stop.clone(),
+        ));
+        let old = self
+            .revoke_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task);
+        if let Some(old) = old {
+            old.abort();
+        }
+    }
+
+    /// Resolves once a revocation of this lease has been requested and seen; never if the
+    /// lease does not watch for them ([`Lease::watch_revocation`]).
+    ///
+    /// Cancel safety: safe.
+    pub(crate) async fn revoke_requested(&self) {
+        let mut rx = self.revoke.subscribe();
+        // The sender lives as long as the lease: `wait_for` only ends by the value.
+        if rx.wait_for(|seen| *seen).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether a revocation of this lease has been requested and seen.
+    pub(crate) fn is_revoke_requested(&self) -> bool {
+        *self.revoke.borrow()
     }
 
     /// Why the lease is lost, if it is. Checks the session's state right now too, so the
@@ -226,11 +277,12 @@ impl Lease {
         }
     }
 
-    fn take_monitor(&self) -> Option<tokio::task::JoinHandle<()>> {
-        self.monitor
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
+    /// The watch tasks (loss, revocation), taken to be stopped before the node goes.
+    fn take_monitor(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        [&self.monitor, &self.revoke_watch]
+            .into_iter()
+            .filter_map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take())
+            .collect()
     }
 
     fn latch(&self) -> Latch {
@@ -299,13 +351,57 @@ impl Latch {
 /// How long a hold goes before its node is watched (see [`monitor`]).
 const WATCH_HELD_AFTER: Duration = Duration::from_millis(100);
 
-/// Stops the loss watch and waits until its future (and so its watch) is dropped.
+/// Stops the watches and waits until their futures (and so their watches) are dropped.
 ///
-/// Cancel safety: safe; the task is aborted either way.
-async fn unwatch(monitor: Option<tokio::task::JoinHandle<()>>) {
-    if let Some(task) = monitor {
+/// Cancel safety: safe; the tasks are aborted either way.
+async fn unwatch(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
         task.abort();
         let _ = task.await;
+    }
+}
+
+/// Waits for a revocation request of `node` until the lease is released (`stop`) or the
+/// node or its session is gone (the loss watch reports those); connection trouble is
+/// ridden out. Once one is seen: latches `seen`, then writes `info` back to the node.
+async fn watch_revocation(
+    session: Arc<dyn Session>,
+    node: Node,
+    info: HolderInfo,
+    seen: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    loop {
+        let r = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = session.revoke_requested(&node) => r,
+        };
+        match r {
+            Ok(()) => break,
+            Err(e) if e.is_retryable() => {
+                tracing::debug!(key = %node.key, error = %e, "revocation watch broke; watching again");
+                if settle(&*session, Duration::from_millis(50)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(key = %node.key, error = %e, "revocation watch ended");
+                return;
+            }
+        }
+    }
+    tracing::info!(key = %node.key, token = node.token, "revocation requested");
+    seen.send_replace(true);
+    let put = [Op::Put {
+        key: node.key.clone(),
+        value: info.with_revoke_seen().encode(),
+    }];
+    let write = super::retry(&*session, || session.guarded(&node, &put));
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        r = write => if let Err(e) = r {
+            tracing::debug!(key = %node.key, error = %e, "could not record the revocation request");
+        },
     }
 }
 

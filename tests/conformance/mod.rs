@@ -428,7 +428,8 @@ macro_rules! conformance_tests {
             metrics_of_a_contended_run, metrics_of_timeouts_and_cancels,
             metrics_of_a_lost_session, barrier_releases_all_once_removed,
             double_barrier_five, double_barrier_killed_participant,
-            count_down_latch_opens_at_zero, count_down_latch_concurrent
+            count_down_latch_opens_at_zero, count_down_latch_concurrent,
+            revocation_reaches_the_holder, revocation_ignored_keeps_the_lock
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1580,4 +1581,112 @@ pub async fn count_down_latch_concurrent(h: &dyn Harness) {
         .await
         .expect("hung")
         .expect("wait");
+}
+
+/// Cooperative revocation: a revocable holder sees a waiter's request (within a generous
+/// liveness bound: one round trip in practice), its metadata shows it, and once it lets
+/// go the requester gets the lock.
+pub async fn revocation_reaches_the_holder(h: &dyn Harness) {
+    use queuelock::Revocation;
+    let name = h.unique_name("revoke");
+    let (a, b) = (client(h).await, client(h).await);
+    let m = a.mutex(&name).expect("name").revocable();
+    assert!(m.is_revocable());
+    let guard = m.lock().await.expect("lock");
+    assert!(!guard.is_revoke_requested());
+    sleep(Duration::from_millis(100)).await;
+    assert!(
+        !guard.is_revoke_requested(),
+        "a revocation seen before any request"
+    );
+    let asker = b.mutex(&name).expect("name");
+    match asker.request_revoke().await.expect("request_revoke") {
+        Revocation::Requested { holder } => {
+            assert_eq!(holder.fencing_token, guard.fencing_token());
+            assert!(holder.holder.expect("queuelock metadata").revocable);
+        }
+        other => panic!("expected Requested, got {other:?}"),
+    }
+    timeout(EVENTUALLY, guard.revoke_requested())
+        .await
+        .expect("the holder never saw the revocation request");
+    assert!(guard.is_revoke_requested());
+    // Seen again at once (cancel safe, latched).
+    timeout(Duration::from_secs(1), guard.revoke_requested())
+        .await
+        .expect("a seen request must resolve at once");
+    // The holder writes its metadata back with the time it saw the request.
+    let deadline = Instant::now() + EVENTUALLY;
+    loop {
+        let holders = asker.holders().await.expect("holders");
+        let info = holders[0]
+            .holder
+            .clone()
+            .expect("holder metadata stays readable");
+        if info.revoke_requested_at_ms.is_some() {
+            assert!(info.revocable);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metadata never showed the request"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    guard.release().await.expect("release");
+    let next = timeout(EVENTUALLY, asker.lock())
+        .await
+        .expect("the requester never got the lock")
+        .expect("lock");
+    assert!(matches!(
+        m.request_revoke().await.expect("request_revoke"),
+        Revocation::NotRevocable { .. }
+    ));
+    next.release().await.expect("release");
+    assert_eq!(
+        asker.request_revoke().await.expect("request_revoke"),
+        Revocation::NotHeld
+    );
+}
+
+/// A revocation is a request, not a loss: a holder that ignores it keeps the lock, its
+/// fenced writes still apply, waiters keep waiting; asking again is harmless.
+pub async fn revocation_ignored_keeps_the_lock(h: &dyn Harness) {
+    use queuelock::Revocation;
+    let name = h.unique_name("revoke-ignored");
+    let (a, b) = (client(h).await, client(h).await);
+    let guard = a
+        .mutex(&name)
+        .expect("name")
+        .revocable()
+        .lock()
+        .await
+        .expect("lock");
+    let asker = b.mutex(&name).expect("name");
+    for _ in 0..2 {
+        assert!(matches!(
+            asker.request_revoke().await.expect("request_revoke"),
+            Revocation::Requested { .. }
+        ));
+    }
+    timeout(EVENTUALLY, guard.revoke_requested())
+        .await
+        .expect("the holder never saw the revocation request");
+    assert!(matches!(
+        asker.lock_timeout(Duration::from_millis(500)).await,
+        Err(Error::Timeout(_))
+    ));
+    assert!(asker.try_lock().await.expect("try_lock").is_none());
+    assert_eq!(guard.is_lost(), None);
+    let data = format!("{name}-data");
+    guard
+        .fenced_write([(data.as_str(), Some(b"still mine".to_vec()))])
+        .await
+        .expect("a fenced write of an asked holder still applies");
+    let c = client(h).await;
+    await_queue_len(&c, &name, 1).await;
+    guard
+        .release()
+        .await
+        .expect("the asked holder released a lock it kept");
 }

@@ -158,6 +158,47 @@ pub trait Session: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Asks the owner of `holder` (a node of **any** session, named by key and exact
+    /// token, as [`Session::read_node`] reads it) to let go: leaves a revocation mark
+    /// that the owner's [`Session::revoke_requested`] sees, in the store's own way
+    /// (ZooKeeper: Curator's protocol, the node's data set to `__REVOKE__`; etcd: a key
+    /// beside the node, bound to its owner's lease; elsewhere a mark that goes with the
+    /// node). The owner decides whether to let go: the mark never deletes anything.
+    /// Returns `false`, writing nothing, when `holder` no longer exists. Asking twice is
+    /// harmless.
+    ///
+    /// The default fails with [`crate::Error::NotSupported`].
+    ///
+    /// Cancel safety: a dropped call may still leave the mark.
+    async fn request_revoke(&self, holder: &Node) -> Result<bool> {
+        let _ = holder;
+        Err(crate::Error::NotSupported {
+            operation: "request_revoke",
+        })
+    }
+
+    /// Resolves once a revocation of `node` (one of this session's nodes) has been
+    /// requested through [`Session::request_revoke`] (or, on ZooKeeper, by Curator's
+    /// `Revoker.attemptRevoke`): at once if one already was. Never misses a request made
+    /// after the call began; a request made earlier is seen too, as long as its mark is
+    /// still there.
+    ///
+    /// On ZooKeeper the mark replaces the node's data (Curator's protocol): the caller
+    /// may write its payload back with [`Session::guarded`] afterwards.
+    ///
+    /// Errors: [`crate::Error::LockLost`] once `node` is gone;
+    /// [`crate::Error::SessionExpired`] if this session is lost while waiting;
+    /// [`crate::Error::Connection`] if the watch broke (call again to resume). The default
+    /// fails with [`crate::Error::NotSupported`].
+    ///
+    /// Cancel safety: safe; dropping it cancels the watch.
+    async fn revoke_requested(&self, node: &Node) -> Result<()> {
+        let _ = node;
+        Err(crate::Error::NotSupported {
+            operation: "revoke_requested",
+        })
+    }
+
     /// Deletes `node` if it still is the very node given (same key and fencing token): a
     /// retried or late delete never removes a newer node. `Ok` if it is already gone.
     ///

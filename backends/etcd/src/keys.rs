@@ -64,6 +64,23 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// The revocation request of the node at relative key `node`: a key beside it,
+    /// outside every queue (`~` is not allowed in names), so that neither queuelock nor
+    /// `etcdctl lock` (which queues behind every key under the lock's prefix) sees it.
+    pub(crate) fn revoke(&self, node: &str) -> String {
+        format!("{}~queuelock/revoke/{node}", self.base)
+    }
+}
+
+/// The lease that owns a queue node, from its name (`<lease hex>-<kind>-<uuid>`, or
+/// `etcdctl lock`'s `<lease hex>`).
+pub(crate) fn lease_of(key: &str) -> Option<i64> {
+    let name = key.rsplit('/').next()?;
+    let hex = name.split('-').next()?;
+    u64::from_str_radix(hex, 16).ok().map(|l| l as i64)
+}
+
 /// The kind of a node from its name (the last path segment). Names written by other
 /// tools (`etcdctl lock`: just the lease id) are `Unknown`, which recipes treat as
 /// exclusive.
@@ -92,5 +109,15 @@ mod tests {
         );
         assert_eq!(parse_kind("694d77e1b3c8f20a"), NodeKind::Unknown);
         assert_eq!(Keys::new("").abs("x"), "x");
+        assert_eq!(
+            k.revoke("q/1f-lock-ab"),
+            "/app/~queuelock/revoke/q/1f-lock-ab"
+        );
+        assert_eq!(
+            lease_of("q/694d77e1b3c8f20a-read-x"),
+            Some(0x694d77e1b3c8f20a)
+        );
+        assert_eq!(lease_of("q/694d77e1b3c8f20a"), Some(0x694d77e1b3c8f20a));
+        assert_eq!(lease_of("q/zz"), None);
     }
 }

@@ -576,9 +576,80 @@ impl Session for EtcdSession {
                 CompareOp::Equal,
                 node.token as i64,
             )])
-            .and_then([TxnOp::delete(abs, None)]);
+            .and_then([
+                TxnOp::delete(abs, None),
+                // A revocation request goes with its node.
+                TxnOp::delete(self.inner.keys.revoke(&node.key), None),
+            ]);
         self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
         Ok(())
+    }
+
+    /// Puts the request key beside the holder's node, bound to the holder's lease (so it
+    /// goes with the holder's session at the latest; the holder's release deletes it),
+    /// in a transaction that compares the holder's `create_revision` with its token.
+    ///
+    /// Cancel safety: a dropped call may still leave the request.
+    async fn request_revoke(&self, holder: &Node) -> Result<bool> {
+        self.check()?;
+        let abs = self.inner.keys.abs(&holder.key);
+        let options = crate::keys::lease_of(&holder.key).map(|l| PutOptions::new().with_lease(l));
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                abs,
+                CompareOp::Equal,
+                holder.token as i64,
+            )])
+            .and_then([TxnOp::put(
+                self.inner.keys.revoke(&holder.key),
+                Vec::new(),
+                options,
+            )]);
+        match self.kv().txn(txn).await {
+            Ok(resp) => Ok(resp.succeeded()),
+            // The holder's lease ended between the compare and the put: it is gone (not
+            // ours: this session is fine).
+            Err(e) if e.to_string().contains("lease not found") => Ok(false),
+            Err(e) => Err(map_error(e)),
+        }
+    }
+
+    /// Opens a watch on the request key at the current revision, then reads it (the node
+    /// too: a request for a node that is gone never comes).
+    ///
+    /// Cancel safety: safe; dropping it cancels the watch.
+    async fn revoke_requested(&self, node: &Node) -> Result<()> {
+        self.check()?;
+        let key = self.inner.keys.revoke(&node.key);
+        let mut reg = self.inner.watches.watch(key.clone(), false, 0).await?;
+        let txn = Txn::new().and_then([
+            TxnOp::get(key, Some(GetOptions::new().with_count_only())),
+            TxnOp::get(self.inner.keys.abs(&node.key), None),
+        ]);
+        let resp = self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
+        let mut counts = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => (g.count(), g.kvs().first().map(|kv| kv.create_revision())),
+            _ => (0, None),
+        });
+        let (requests, _) = counts.next().unwrap_or((0, None));
+        let (_, created) = counts.next().unwrap_or((0, None));
+        if created != Some(node.token as i64) {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        }
+        if requests > 0 {
+            return Ok(());
+        }
+        let mut state = self.state.clone();
+        let ev = tokio::select! {
+            ev = reg.next() => ev,
+            _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
+        };
+        match ev {
+            Event::Put => Ok(()),
+            // The request goes with the node (its delete, its lease).
+            Event::Delete => Err(Error::LockLost(LossReason::NodeDeleted)),
+            Event::Broken => Err(Error::connection("etcd watch broke")),
+        }
     }
 
     /// Cancel safety: the batch is applied entirely or not at all.

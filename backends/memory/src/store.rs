@@ -34,6 +34,8 @@ struct State {
     sessions: HashMap<u64, SessionRec>,
     /// Deletion watches by key; each fires once.
     watchers: HashMap<String, Vec<(u64, oneshot::Sender<()>)>>,
+    /// Revocation watches by node key; each fires once (dropped, unsent, with the node).
+    revoke_watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// Queue-change watches by queue; each fires once.
     queue_watchers: HashMap<String, Vec<oneshot::Sender<()>>>,
     /// The revision of each queue's last change (membership or payload).
@@ -51,6 +53,8 @@ struct Entry {
     owner: Option<u64>,
     /// Queue nodes carry their kind; plain keys do not and are not listed.
     kind: Option<NodeKind>,
+    /// A revocation of this node was requested ([`Session::request_revoke`]).
+    revoke: bool,
 }
 
 struct SessionRec {
@@ -97,6 +101,8 @@ impl State {
         if entry.kind.is_some() {
             self.unindex(key, entry.create_rev);
         }
+        // Its revocation watchers hear that the node is gone (their senders drop).
+        self.revoke_watchers.remove(key);
         self.bump();
         self.touch_queue(key);
         for (watcher, w) in self.watchers.remove(key).unwrap_or_default() {
@@ -459,6 +465,7 @@ impl Session for MemorySession {
                         create_rev: rev,
                         owner: Some(self.id),
                         kind: Some(spec.kind),
+                        revoke: false,
                     },
                 );
                 if let Some(rec) = st.sessions.get_mut(&self.id) {
@@ -624,6 +631,7 @@ impl Session for MemorySession {
                             create_rev: rev,
                             owner: None,
                             kind: None,
+                            revoke: false,
                         });
                 }
                 Op::Delete { key } => {
@@ -664,9 +672,55 @@ impl Session for MemorySession {
                 create_rev: rev,
                 owner: None,
                 kind: None,
+                revoke: false,
             },
         );
         Ok(None)
+    }
+
+    /// Cancel safety: safe once past the injected delay.
+    async fn request_revoke(&self, holder: &Node) -> Result<bool> {
+        self.gate().await?;
+        let mut st = self.backend.lock();
+        st.check(self.id)?;
+        let st = &mut *st;
+        match st.entries.get_mut(&holder.key) {
+            Some(e) if e.create_rev == holder.token && e.kind.is_some() => {
+                e.revoke = true;
+                for w in st.revoke_watchers.remove(&holder.key).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Cancel safety: safe.
+    async fn revoke_requested(&self, node: &Node) -> Result<()> {
+        self.gate().await?;
+        let fired = {
+            let mut st = self.backend.lock();
+            st.check(self.id)?;
+            match st.entries.get(&node.key) {
+                Some(e) if e.create_rev == node.token => {
+                    if e.revoke {
+                        return Ok(());
+                    }
+                }
+                _ => return Err(Error::LockLost(LossReason::NodeDeleted)),
+            }
+            let (tx, rx) = oneshot::channel();
+            let list = st.revoke_watchers.entry(node.key.clone()).or_default();
+            list.retain(|w| !w.is_closed());
+            list.push(tx);
+            rx
+        };
+        let mut state = self.state.clone();
+        tokio::select! {
+            r = fired => r.map_err(|_| Error::LockLost(LossReason::NodeDeleted)),
+            _ = state.wait_for(|s| *s == SessionState::Lost) => Err(self.expired()),
+        }
     }
 
     /// Cancel safety: safe (nothing is awaited).

@@ -8,7 +8,7 @@
 use queuelock_core::{Error, Result};
 
 /// The version of the schema this crate writes and reads.
-pub(crate) const VERSION: i32 = 2;
+pub(crate) const VERSION: i32 = 3;
 
 /// Checks a schema name: lowercase letters, digits and `_`, starting with a letter or
 /// `_`, at most 63 bytes (PostgreSQL's identifier limit). Such a name needs no quoting,
@@ -227,6 +227,39 @@ ALTER TABLE {s}.abandoned ENABLE ROW LEVEL SECURITY;
 CREATE POLICY abandoned_read ON {s}.abandoned FOR SELECT USING (true);
 CREATE POLICY abandoned_insert ON {s}.abandoned FOR INSERT WITH CHECK (
     EXISTS (SELECT 1 FROM {s}.sessions s WHERE s.id = session_id AND s.owner = current_user));
+"#,
+    r#"
+-- Cooperative revocation: a request for a node (key and token) is a row that goes with
+-- the node (cascade) and notifies the node's revocation channel ('r'). Any role that uses
+-- the schema may ask any holder (that is what a request is for), but only for a node that
+-- exists; nobody deletes or changes another's request (no such policy: only the cascade).
+CREATE TABLE {s}.revocations (
+    key text PRIMARY KEY REFERENCES {s}.nodes (key) ON DELETE CASCADE,
+    seq bigint NOT NULL
+);
+ALTER TABLE {s}.revocations ENABLE ROW LEVEL SECURITY;
+CREATE POLICY revocations_read ON {s}.revocations FOR SELECT USING (true);
+CREATE POLICY revocations_insert ON {s}.revocations FOR INSERT WITH CHECK (
+    EXISTS (SELECT 1 FROM {s}.nodes n WHERE n.key = revocations.key AND n.seq = revocations.seq));
+
+-- Leaves the request unless the node (key, token) is gone: true when it exists. The
+-- foreign key's check locks the node's row (another role's row cannot be locked FOR
+-- SHARE through RLS); a node deleted after the read fails it: false.
+CREATE FUNCTION {s}.request_revoke(p_key text, p_seq bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM {s}.nodes n WHERE n.key = p_key AND n.seq = p_seq;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    BEGIN
+        INSERT INTO {s}.revocations (key, seq) VALUES (p_key, p_seq) ON CONFLICT DO NOTHING;
+    EXCEPTION WHEN foreign_key_violation THEN
+        RETURN false;
+    END;
+    PERFORM pg_notify({s}.channel('r', p_key), '');
+    RETURN true;
+END $$;
 "#,
 ];
 

@@ -489,6 +489,54 @@ impl Session for PgSession {
         .await
     }
 
+    /// One function call: the request row (going with the node) and its notification.
+    ///
+    /// Cancel safety: a dropped call may still leave the request.
+    async fn request_revoke(&self, holder: &Node) -> Result<bool> {
+        let c = self.conn().await?;
+        let sql = format!("SELECT {}.request_revoke($1, $2)", self.inner.schema);
+        let row = c
+            .client
+            .query_one(&sql, &[&holder.key, &(holder.token as i64)])
+            .await
+            .map_err(|e| self.fail(e))?;
+        Ok(row.get(0))
+    }
+
+    /// LISTEN on the node's revocation and deletion channels, then read the node and its
+    /// request.
+    ///
+    /// Cancel safety: safe; dropping it ends the subscription.
+    async fn revoke_requested(&self, node: &Node) -> Result<()> {
+        let sql = format!(
+            "SELECT r.seq IS NOT NULL FROM {s}.nodes n LEFT JOIN {s}.revocations r \
+             ON r.key = n.key AND r.seq = n.seq WHERE n.key = $1 AND n.seq = $2",
+            s = self.inner.schema
+        );
+        self.until_lost(async {
+            let mut sub = Listener::subscribe(&self.inner, "r", &node.key).await?;
+            // The node's deletion too, which ends the wait.
+            let mut gone = Listener::subscribe(&self.inner, "k", &node.key).await?;
+            loop {
+                let c = self.conn().await?;
+                let row = c
+                    .client
+                    .query_opt(&sql, &[&node.key, &(node.token as i64)])
+                    .await
+                    .map_err(|e| self.fail(e))?;
+                match row {
+                    None => return Err(Error::LockLost(LossReason::NodeDeleted)),
+                    Some(r) if r.get::<_, bool>(0) => return Ok(()),
+                    Some(_) => tokio::select! {
+                        r = sub.changed() => r?,
+                        r = gone.changed() => r?,
+                    },
+                }
+            }
+        })
+        .await
+    }
+
     /// Cancel safety: safe (read only).
     async fn read_node(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         let c = self.conn().await?;

@@ -8,7 +8,8 @@
 --   P:{Q}:z           ZSET  node id -> score = the node's token (the queue's order)
 --   P:{Q}:n           HASH  node id -> "token sid kind"
 --   P:{Q}:p           HASH  node id -> payload
---   P:{Q}:v           last change of the queue (a token value); all four go when it empties
+--   P:{Q}:v           last change of the queue (a token value); all five go when it empties
+--   P:{Q}:r           HASH  node id -> token: a revocation was requested for that node
 --   P:Q               the plain `SET Q token NX PX ttl` lock of other tools; while our
 --                     queue is not empty it holds our marker (so their SET NX fails)
 --   P:s:SID           a session: PX = its TTL, renewed by `renew`, which refuses once gone
@@ -16,7 +17,8 @@
 --   P:s:SID:x         ZSET attempt id -> the session's request number of its release
 --                     (NEVER for an abandon), same TTL: a create of that attempt sent
 --                     before it (late, on an old connection) is refused; last 1000 kept
--- Channels: P:{Q}:d:ID (node ID deleted), P:{Q}:c (the queue changed).
+-- Channels: P:{Q}:d:ID (node ID deleted), P:{Q}:c (the queue changed),
+--   P:{Q}:r:ID (a revocation of node ID was requested).
 -- Expiry is the server's: a session is alive while its key exists, by the server's clock.
 
 local op, P = ARGV[1], ARGV[2]
@@ -42,10 +44,11 @@ local function remove(q, id, sid)
   redis.call('ZREM', qk(q, 'z'), id)
   redis.call('HDEL', qk(q, 'n'), id)
   redis.call('HDEL', qk(q, 'p'), id)
+  redis.call('HDEL', qk(q, 'r'), id)
   redis.call('SREM', sk(sid) .. ':n', q .. '\n' .. id)
   redis.call('PUBLISH', qk(q, 'd:' .. id), '1')
   if redis.call('ZCARD', qk(q, 'z')) == 0 then
-    redis.call('DEL', qk(q, 'z'), qk(q, 'n'), qk(q, 'p'), qk(q, 'v'))
+    redis.call('DEL', qk(q, 'z'), qk(q, 'n'), qk(q, 'p'), qk(q, 'v'), qk(q, 'r'))
     if redis.call('GET', plain(q)) == MARK then
       redis.call('DEL', plain(q))
     end
@@ -326,6 +329,30 @@ elseif op == 'guarded' then
     i = i + 3
   end
   return 1
+
+elseif op == 'revoke' then
+  -- ARGV: q, id, token -> 1 (request left for that very live node) | 0 (it is gone)
+  local q, id, token = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local rec = redis.call('HGET', qk(q, 'n'), id)
+  if not rec then return 0 end
+  local t, owner = parse(rec)
+  if t ~= token then return 0 end
+  if not alive(owner) then
+    remove(q, id, owner)
+    return 0
+  end
+  redis.call('HSET', qk(q, 'r'), id, t)
+  redis.call('PUBLISH', qk(q, 'r:' .. id), '1')
+  return 1
+
+elseif op == 'revoked' then
+  -- ARGV: q, id, token -> 1 requested | 0 not (yet) | -2 the node is gone
+  local q, id, token = ARGV[3], ARGV[4], tonumber(ARGV[5])
+  local rec = redis.call('HGET', qk(q, 'n'), id)
+  if not rec then return -2 end
+  local t = parse(rec)
+  if t ~= token then return -2 end
+  return tonumber(redis.call('HGET', qk(q, 'r'), id) or '-1') == t and 1 or 0
 
 elseif op == 'version' then
   -- ARGV: q -> the queue's last change (0 when empty)

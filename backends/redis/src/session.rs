@@ -652,6 +652,67 @@ impl Session for RedisSession {
         Ok(())
     }
 
+    /// One script step: the request beside the node (going with it) and its message.
+    /// A plain `SET NX` lock of another tool cannot be asked: `NotSupported`.
+    ///
+    /// Cancel safety: a dropped call may still leave the request.
+    async fn request_revoke(&self, holder: &Node) -> Result<bool> {
+        let Target::Node(q, id) = target(&holder.key) else {
+            return Err(Error::NotSupported {
+                operation: "request_revoke of a plain Redis lock",
+            });
+        };
+        let token = holder.token.to_string();
+        let v = self
+            .call(
+                "revoke",
+                &[q.as_bytes(), id.as_bytes(), token.as_bytes()],
+                Some(q),
+            )
+            .await?;
+        Ok(int(&v) == Some(1))
+    }
+
+    /// Subscribe to the node's revocation channel first, then check; check again after a
+    /// reconnect (pub/sub is not replayed) or the node's own deletion message.
+    ///
+    /// Cancel safety: safe; dropping it cancels the subscriptions.
+    async fn revoke_requested(&self, node: &Node) -> Result<()> {
+        let Target::Node(q, id) = target(&node.key) else {
+            return Err(Error::LockLost(LossReason::NodeDeleted));
+        };
+        let token = node.token.to_string();
+        let mut generation = self.inner.watcher.generation();
+        let channel = |what: &str| format!("{}:{{{q}}}:{what}:{id}", self.inner.prefix);
+        let timeout = self.inner.op_timeout;
+        // Held while waiting: dropping a subscription unsubscribes.
+        let asked_sub = self.inner.watcher.subscribe(&channel("r"), timeout).await?;
+        let gone_sub = self.inner.watcher.subscribe(&channel("d"), timeout).await?;
+        let (mut asked, mut gone) = (asked_sub.messages.clone(), gone_sub.messages.clone());
+        let mut state = self.state.clone();
+        loop {
+            generation.borrow_and_update();
+            let v = self
+                .call(
+                    "revoked",
+                    &[q.as_bytes(), id.as_bytes(), token.as_bytes()],
+                    Some(q),
+                )
+                .await?;
+            match int(&v) {
+                Some(1) => return Ok(()),
+                Some(0) => {}
+                _ => return Err(Error::LockLost(LossReason::NodeDeleted)),
+            }
+            tokio::select! {
+                _ = asked.changed() => {}
+                _ = gone.changed() => {}
+                _ = generation.changed() => {}
+                _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
+            }
+        }
+    }
+
     /// Cancel safety: safe (read only, but for purging a dead session's node).
     async fn read_node(&self, key: &str) -> Result<Option<(Vec<u8>, u64)>> {
         match target(key) {

@@ -53,6 +53,10 @@
 //! * **guarded writes** are one `multi`: a `check` of the guard, then the writes (a
 //!   `Put` creates or sets the key, chosen after reading whether it exists, and retried
 //!   on a race).
+//! * **revocation** is Curator's protocol: a request sets the holder's node data to
+//!   `__REVOKE__` (guarded by the `czxid` and version read just before), and the holder
+//!   has a data watch on its own node (then writes its metadata back). A Curator
+//!   `InterProcessMutex` made revocable and queuelock understand each other both ways.
 //!
 //! **Security.** Digest credentials (`ZkOptions::digest`) are added to every session, and
 //! then every node queuelock creates — the chroot, lock directories (containers), queue
@@ -171,6 +175,12 @@ pub(crate) fn tls_options(tls: &TlsPem) -> Result<zookeeper_client::TlsOptions> 
     }
     Ok(o)
 }
+
+/// The data a revocation request writes into the holder's lock node: Curator's
+/// `LockInternals.REVOKE_MESSAGE`, so that Curator's `Revoker.attemptRevoke` and a
+/// revocable `InterProcessMutex` understand queuelock's requests and holders, both ways.
+/// With credentials, the node's ACL lets only the holder's own identity write it.
+pub(crate) const REVOKE_MESSAGE: &[u8] = b"__REVOKE__";
 
 /// The ACL of every node queuelock creates: with credentials, full rights for the creating
 /// identity and read for the world; without, the open ACL.

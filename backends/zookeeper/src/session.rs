@@ -178,6 +178,18 @@ impl ZkSession {
         }
     }
 
+    /// The error of a watch that a session event ended: the session is lost (expired or
+    /// closed), or the connection broke (watch again).
+    fn interrupted(&self, event: &zookeeper_client::WatchedEvent) -> Error {
+        match event.session_state {
+            zookeeper_client::SessionState::Expired | zookeeper_client::SessionState::Closed => {
+                self.shared.set(SessionState::Lost);
+                self.expired()
+            }
+            _ => Error::connection("ZooKeeper watch interrupted"),
+        }
+    }
+
     /// Runs `op` unless the session is lost first (requests sent while disconnected wait
     /// for a reconnection that may never come; the session's deadline still ends them).
     async fn until_lost<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
@@ -293,16 +305,7 @@ impl Session for ZkSession {
                 let event = watcher.changed().await;
                 match event.event_type {
                     EventType::NodeDeleted => return Ok(()),
-                    EventType::Session => {
-                        return Err(match event.session_state {
-                            zookeeper_client::SessionState::Expired
-                            | zookeeper_client::SessionState::Closed => {
-                                self.shared.set(SessionState::Lost);
-                                self.expired()
-                            }
-                            _ => Error::connection("ZooKeeper watch interrupted"),
-                        })
-                    }
+                    EventType::Session => return Err(self.interrupted(&event)),
                     _ => continue, // data changed: watch again
                 }
             }
@@ -540,6 +543,69 @@ impl Session for ZkSession {
             message: "guarded write kept racing with other writers".to_owned(),
             source: None,
         })
+    }
+
+    /// Curator's protocol (`Revoker.attemptRevoke`): sets the node's data to
+    /// `__REVOKE__`, with the version read together with its `czxid`, so a node of the
+    /// same name created since is never marked. The holder's data watch sees it.
+    ///
+    /// Cancel safety: a dropped call may still set the data.
+    async fn request_revoke(&self, holder: &Node) -> Result<bool> {
+        let client = self.client()?;
+        let path = self.path(&holder.key);
+        for _ in 0..MAX_RACES {
+            let version = match client.check_stat(&path).await {
+                Ok(Some(stat)) if holder.token == 0 || stat.czxid as u64 == holder.token => {
+                    stat.version
+                }
+                Ok(_) => return Ok(false),
+                Err(e) => return Err(self.fail(e)),
+            };
+            match client
+                .set_data(&path, crate::REVOKE_MESSAGE, Some(version))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(ZkError::NoNode) => return Ok(false),
+                // The holder rewrote its data between our read and the write: read again.
+                Err(ZkError::BadVersion) => continue,
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Err(Error::Backend {
+            backend: "zookeeper",
+            message: format!("{path} kept changing while we asked its holder to let go"),
+            source: None,
+        })
+    }
+
+    /// A data watch on our own node, as Curator's revocable holder sets: resolves when
+    /// its data is `__REVOKE__` (now, or after a change).
+    ///
+    /// Cancel safety: safe; dropping it removes the watcher.
+    async fn revoke_requested(&self, node: &Node) -> Result<()> {
+        let client = self.client()?;
+        let path = self.path(&node.key);
+        self.until_lost(async {
+            loop {
+                let watcher = match client.get_and_watch_data(&path).await {
+                    Ok((_, stat, _)) if node.token != 0 && stat.czxid as u64 != node.token => {
+                        return Err(Error::LockLost(LossReason::NodeDeleted))
+                    }
+                    Ok((data, _, _)) if data == crate::REVOKE_MESSAGE => return Ok(()),
+                    Ok((_, _, w)) => w,
+                    Err(ZkError::NoNode) => return Err(Error::LockLost(LossReason::NodeDeleted)),
+                    Err(e) => return Err(self.fail(e)),
+                };
+                let event = watcher.changed().await;
+                match event.event_type {
+                    EventType::NodeDeleted => return Err(Error::LockLost(LossReason::NodeDeleted)),
+                    EventType::Session => return Err(self.interrupted(&event)),
+                    _ => continue, // data changed: read it (and watch) again
+                }
+            }
+        })
+        .await
     }
 
     /// Cancel safety: safe (read only).

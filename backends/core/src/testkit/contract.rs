@@ -533,9 +533,59 @@ macro_rules! contract_tests {
             close_removes_nodes,
             expiry_makes_session_lost,
             keepalive_outlives_ttl,
-            queue_changed_fires
+            queue_changed_fires,
+            revocation_is_seen_by_the_owner
         );
     };
+}
+
+/// A revocation request leaves a mark its node's owner sees (already there, or arriving
+/// while it waits), deletes nothing, and reports a node that is gone as `false`.
+pub async fn revocation_is_seen_by_the_owner(h: &dyn Harness) {
+    let owner = open(h).await;
+    let asker = open(h).await;
+    let q = h.unique_name("revoke");
+    let c = owner
+        .create_sequential(&spec(&q, NodeKind::Lock, b"meta"))
+        .await
+        .expect("create");
+    let o = owner.clone();
+    let node = c.node.clone();
+    let waiting = tokio::spawn(async move { o.revoke_requested(&node).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "revoke_requested() resolved before any request"
+    );
+    let (_, token) = asker
+        .read_node(&c.node.key)
+        .await
+        .expect("read_node")
+        .expect("node exists");
+    let holder = crate::Node {
+        token,
+        ..c.node.clone()
+    };
+    assert!(asker.request_revoke(&holder).await.expect("request_revoke"));
+    timeout(EVENTUALLY, waiting)
+        .await
+        .expect("revoke_requested() did not fire")
+        .expect("join")
+        .expect("revoke_requested() failed");
+    // Seen again at once (the mark stays), and the node is still there.
+    timeout(EVENTUALLY, owner.revoke_requested(&c.node))
+        .await
+        .expect("an earlier request must be seen at once")
+        .expect("revoke_requested() failed");
+    assert_eq!(keys(&*asker, &q).await, vec![c.node.key.clone()]);
+    owner.delete(&c.node).await.expect("delete");
+    assert!(!asker.request_revoke(&holder).await.expect("request_revoke"));
+    assert!(matches!(
+        owner.revoke_requested(&c.node).await,
+        Err(Error::LockLost(_))
+    ));
+    owner.close().await.expect("close");
+    asker.close().await.expect("close");
 }
 
 #[doc(hidden)]
