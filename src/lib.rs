@@ -83,7 +83,7 @@ mod rwlock;
 mod semaphore;
 
 pub use client::{Client, ClientStats};
-pub use config::{BackendConfig, Config, Secret, TlsConfig};
+pub use config::{BackendConfig, Config, Secret, TlsConfig, ZkNaming};
 pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;
 pub use multilock::{MultiGuard, MultiLock};
