@@ -109,7 +109,7 @@ impl Context {
         }
     }
 
-    /// The same context with a lock-delay after lost holders (see [`lock_delay`]).
+    /// The same context with a lock-delay after lost holders (see the `delay` module).
     pub(crate) fn with_lock_delay(mut self, delay: Duration) -> Self {
         self.lock_delay = delay;
         self

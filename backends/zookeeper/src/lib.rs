@@ -139,7 +139,10 @@ pub enum Naming {
     /// election candidates, `<uuid hex>__rlock__<seq>` for readers): kazoo's `Lock()`,
     /// `WriteLock()`, `ReadLock()` and `Election()` with default arguments exclude
     /// queuelock and the reverse. Semaphore nodes keep queuelock's own `permit-` names
-    /// (kazoo's `Semaphore` has another layout).
+    /// (kazoo's `Semaphore` has another layout). kazoo's names do not tell a writer or
+    /// an election candidate from a lock: such nodes list as [`queuelock_core::NodeKind::Lock`]
+    /// (every recipe treats the three alike: exclusive), so `queuelock status` shows them
+    /// as locks.
     Kazoo,
 }
 
