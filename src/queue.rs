@@ -366,15 +366,15 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
     }
     let mut read = created.turn;
     // With a lock-delay (not for an admission's waiting line): the last node we waited
-    // for, and the instant we knew it was gone (`None` until a read showed it gone after
-    // a broken watch). See `delay` for the rule.
+    // for, whether it was the last node ahead then, and the instant we knew it was gone
+    // (`None` until a read showed it gone after a broken watch). See `delay`.
     let delayed = !ctx.lock_delay.is_zero() && req.admission.is_none();
-    let mut waited_for: Option<(Node, Option<Instant>)> = None;
+    let mut waited_for: Option<(Node, bool, Option<Instant>)> = None;
     let turn = loop {
         let Some(blocker) = read.blocker else {
-            if let Some((gone, seen)) = waited_for.take() {
+            if let Some((gone, last, seen)) = waited_for.take() {
                 let seen = seen.unwrap_or_else(Instant::now);
-                if !delay::was_released(&*session, req.queue, &gone).await {
+                if !delay::was_released(&*session, req.queue, &gone, last).await {
                     tracing::info!(
                         lock = req.queue,
                         gone = %gone.key,
@@ -418,7 +418,7 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
         let deleted = wait_turn(&*session, &blocker.key, read.revision).await?;
         labels.wakeup();
         if delayed {
-            waited_for = Some((blocker.clone(), deleted.then(Instant::now)));
+            waited_for = Some((blocker.clone(), read.last, deleted.then(Instant::now)));
         }
         if deleted && read.last && alive(&*session) {
             // The blocker was the last node ahead, and none can join ahead of ours: our
@@ -433,7 +433,7 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
         read = retry(&*session, || session.turn(req.queue, &me, req.ahead))
             .await
             .map_err(|e| gone_err(&*session, e))?;
-        if let Some((_, seen @ None)) = &mut waited_for {
+        if let Some((_, _, seen @ None)) = &mut waited_for {
             // After a broken watch: the blocker was gone by this read at the latest.
             *seen = Some(Instant::now());
         }

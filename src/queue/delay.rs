@@ -10,9 +10,12 @@
 //! the node still exists, so a lost holder (whose node is gone) cannot write it. The
 //! waiter reads the marker after its blocker's deletion: the blocker's key there means
 //! released; anything else (no marker, another key, a read error, a holder without
-//! lock-delay or another tool's holder) counts as lost. So the delay is never skipped for
-//! a lost holder, and may be taken after a release only when the queue cannot tell
-//! (a releaser without lock-delay; two releases racing to overwrite the marker).
+//! lock-delay or another tool's holder) counts as lost. A writer waits for one reader,
+//! but shares the wait with every reader ahead of it; when its read showed other nodes
+//! ahead of that reader which have gone unseen by the next read, it cannot tell how they
+//! went, and takes the delay. So the delay is never skipped for a lost holder, and may be
+//! taken after a release only when the queue cannot tell (a releaser without
+//! lock-delay; readers releasing at the same moment).
 //!
 //! When the delay counts from: the instant the waiter's watch reported the deletion (or,
 //! after a broken watch, the instant of the read that found the node gone). Both come no
@@ -30,7 +33,7 @@
 
 use std::sync::Arc;
 
-use queuelock_core::{Node, Op, Session};
+use queuelock_core::{Node, NodeKind, Op, Session};
 
 use super::retry;
 
@@ -57,11 +60,23 @@ pub(super) async fn mark_released(session: &Arc<dyn Session>, node: &Node, marke
 }
 
 /// The waiter's half: whether `gone` (the node it waited for, now deleted) was released,
-/// as its release marker says. Anything but the marker naming `gone` is "not known
-/// released".
+/// as its release marker says, and whether that covers every holder that was ahead. For
+/// an exclusive node it does: nothing ahead of a holder holds, and a holder was granted
+/// only after any lost holder ahead of it (with its own delay). A reader (`gone.kind` is
+/// `Read`: a writer waiting behind readers) shared the lock with any readers ahead of it,
+/// which left unseen: its marker covers them only if it was the `last` node ahead. Anything
+/// else is "not known released".
 ///
 /// Cancel safety: safe (read only).
-pub(super) async fn was_released(session: &dyn Session, queue: &str, gone: &Node) -> bool {
+pub(super) async fn was_released(
+    session: &dyn Session,
+    queue: &str,
+    gone: &Node,
+    last: bool,
+) -> bool {
+    if gone.kind == NodeKind::Read && !last {
+        return false;
+    }
     let key = marker(queue);
     matches!(
         retry(session, || session.get(&key)).await,

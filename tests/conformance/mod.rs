@@ -1266,17 +1266,48 @@ async fn queued<T: Send + 'static>(
     task
 }
 
+/// A writer (`write`) or reader of read-write lock `name`, on a new client with a
+/// lock-delay of [`LOCK_DELAY`], queued as the `n`th node (see [`queued`]).
+async fn queued_rwlock(
+    h: &dyn Harness,
+    observer: &Client,
+    name: &str,
+    n: usize,
+    write: bool,
+) -> tokio::task::JoinHandle<(queuelock::Guard, Instant)> {
+    let c = delayed_client(h, LOCK_DELAY).await;
+    let name_c = name.to_owned();
+    queued(observer, name, n, async move {
+        let lock = c.rwlock(&name_c).expect("name");
+        if write {
+            lock.write().await
+        } else {
+            lock.read().await
+        }
+        .expect("rwlock")
+    })
+    .await
+}
+
 /// Expires `holder`'s session and returns the grant `waiter` (queued behind it, with a
 /// lock-delay of [`LOCK_DELAY`]) gets, asserting it came no earlier than the delay after
 /// the expiry was asked for (before the store removed the node) with a larger token.
+///
+/// With `then_release`, that guard (another holder ahead of the waiter, the one it
+/// waits for) is released once the expired holder's node is gone from `queue`.
 async fn granted_after_loss(
     h: &dyn Harness,
     holder: &queuelock::Guard,
     waiter: tokio::task::JoinHandle<(queuelock::Guard, Instant)>,
     who: &str,
+    then_release: Option<(queuelock::Guard, &Client, &str, usize)>,
 ) -> queuelock::Guard {
     let expiring = Instant::now();
     h.expire(holder.session_id()).await;
+    if let Some((other, observer, queue, left)) = then_release {
+        await_queue_len(observer, queue, left).await;
+        other.release().await.expect("release");
+    }
     let (granted, at) = timeout(h.ttl() + LOCK_DELAY + EVENTUALLY, waiter)
         .await
         .unwrap_or_else(|_| panic!("{who} behind a lost holder hung"))
@@ -1294,7 +1325,8 @@ async fn granted_after_loss(
 /// Lock-delay: after a release the next waiter is granted at once; after the holder's
 /// session is expired, no earlier than the delay (counted from before the expiry was
 /// asked for, which is before the store removed the node); the fencing token still
-/// increases. For a mutex and for a read-write lock's reader behind a lost writer.
+/// increases. For a mutex, a read-write lock's reader behind a lost writer, and a writer
+/// behind a lost reader and a released one.
 /// Without a lock-delay, nothing extra is written.
 pub async fn lock_delay_after_loss_not_after_release(h: &dyn Harness) {
     let name = h.unique_name("lockdelay");
@@ -1331,7 +1363,7 @@ pub async fn lock_delay_after_loss_not_after_release(h: &dyn Harness) {
     let c = delayed_client(h, LOCK_DELAY).await;
     let n = name.clone();
     let waiter = queued(&observer, &name, 2, async move { hold(&c, &n).await }).await;
-    let gc = granted_after_loss(h, &gb, waiter, "a mutex waiter").await;
+    let gc = granted_after_loss(h, &gb, waiter, "a mutex waiter", None).await;
     assert!(gb.is_lost().is_some());
     gc.release().await.expect("release");
 
@@ -1339,14 +1371,29 @@ pub async fn lock_delay_after_loss_not_after_release(h: &dyn Harness) {
     let rw = h.unique_name("lockdelay-rw");
     let d = delayed_client(h, LOCK_DELAY).await;
     let gw = d.rwlock(&rw).expect("name").write().await.expect("write");
-    let e = delayed_client(h, LOCK_DELAY).await;
-    let n = rw.clone();
-    let reader = queued(&observer, &rw, 2, async move {
-        e.rwlock(&n).expect("name").read().await.expect("read")
-    })
-    .await;
-    let gr = granted_after_loss(h, &gw, reader, "a reader").await;
+    let reader = queued_rwlock(h, &observer, &rw, 2, false).await;
+    let gr = granted_after_loss(h, &gw, reader, "a reader", None).await;
     gr.release().await.expect("release");
+
+    // A writer behind two readers: one is lost, then the one it waits for is released.
+    // Its grant must not skip the delay owed to the lost one, which it never watched.
+    let rw2 = h.unique_name("lockdelay-rw2");
+    let (r1c, r2c) = (
+        delayed_client(h, LOCK_DELAY).await,
+        delayed_client(h, LOCK_DELAY).await,
+    );
+    let r1 = r1c.rwlock(&rw2).expect("name").read().await.expect("read");
+    let r2 = r2c.rwlock(&rw2).expect("name").read().await.expect("read");
+    let writer = queued_rwlock(h, &observer, &rw2, 3, true).await;
+    let gw2 = granted_after_loss(
+        h,
+        &r1,
+        writer,
+        "a writer behind a lost and a released reader",
+        Some((r2, &observer, &rw2, 2)),
+    )
+    .await;
+    gw2.release().await.expect("release");
 
     // Without a lock-delay, a release writes nothing beside the lock.
     let plain = h.unique_name("lockdelay-off");
