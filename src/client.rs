@@ -76,14 +76,17 @@ impl Client {
     /// A client on `backend` (any implementation of the backend contract).
     pub fn new(backend: Arc<dyn Backend>, options: ClientOptions) -> Self {
         let sessions = Arc::new(SessionSlot::new(backend.clone(), options.ttl));
-        let ctx = Arc::new(Context::new(
-            sessions.clone(),
-            options.loss_policy,
-            options.label.clone(),
-            options.ttl,
-            backend.name(),
-            options.name_label,
-        ));
+        let ctx = Arc::new(
+            Context::new(
+                sessions.clone(),
+                options.loss_policy,
+                options.label.clone(),
+                options.ttl,
+                backend.name(),
+                options.name_label,
+            )
+            .with_lock_delay(options.lock_delay),
+        );
         Client {
             inner: Arc::new(Inner {
                 backend,

@@ -111,6 +111,9 @@ pub enum BackendConfig {
         /// TLS settings (`None`: plain text).
         #[serde(default)]
         tls: Option<TlsConfig>,
+        /// How queuelock names its nodes: Curator's (default) or kazoo's naming.
+        #[serde(default)]
+        naming: ZkNaming,
     },
     /// Redis (a single server, ≥ 7).
     Redis {
@@ -161,6 +164,42 @@ pub enum BackendConfig {
     },
 }
 
+/// How queuelock names its ZooKeeper nodes (`zk://...?naming=`), so that a peer library
+/// running with its default settings queues with queuelock. queuelock itself queues every
+/// child that ends in a 10-digit sequence, whatever the dialect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ZkNaming {
+    /// Apache Curator's protected names (`_c_<uuid>-lock-<seq>`, `__READ__`, `__WRIT__`,
+    /// `latch-`): Curator's `InterProcessMutex`, `InterProcessReadWriteLock` and
+    /// `LeaderLatch` exclude queuelock and the reverse; kazoo's `Lock` does only with
+    /// `extra_lock_patterns=["-lock-"]`.
+    #[default]
+    Curator,
+    /// kazoo's default names (`<uuid hex>__lock__<seq>`, `__rlock__` for readers):
+    /// kazoo's `Lock()`, `WriteLock()`, `ReadLock()` and `Election()` with default
+    /// arguments exclude queuelock and the reverse. Do not mix with Curator: its recipes
+    /// order children by the text after their own lock name, so they do not order
+    /// kazoo-named nodes correctly.
+    Kazoo,
+}
+
+impl std::str::FromStr for ZkNaming {
+    type Err = Error;
+
+    /// `curator` or `kazoo`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "curator" => Ok(ZkNaming::Curator),
+            "kazoo" => Ok(ZkNaming::Kazoo),
+            _ => Err(config_err(format!(
+                "option naming={s:?}: expected \"curator\" or \"kazoo\""
+            ))),
+        }
+    }
+}
+
 fn default_redis_prefix() -> String {
     "queuelock".to_owned()
 }
@@ -191,6 +230,13 @@ pub struct Config {
     /// How much of the lock name metrics carry as their `lock` label.
     #[serde(default)]
     pub name_label: NameLabel,
+    /// Lock-delay after a lost holder ([`ClientOptions::lock_delay`]); default zero.
+    #[serde(
+        default,
+        with = "humantime_serde_compat",
+        skip_serializing_if = "Duration::is_zero"
+    )]
+    pub lock_delay: Duration,
 }
 
 fn default_ttl() -> Duration {
@@ -226,6 +272,7 @@ impl Default for Config {
             loss_policy: LossPolicy::default(),
             label: None,
             name_label: NameLabel::None,
+            lock_delay: Duration::ZERO,
         }
     }
 }
@@ -256,6 +303,17 @@ fn duration(key: &str, value: &str) -> Result<Duration> {
         .map_err(|e| config_err(format!("option {key}={value:?} is not a duration: {e}")))?;
     if d < Duration::from_millis(100) {
         return Err(config_err(format!("option {key}={value:?} is below 100ms")));
+    }
+    Ok(d)
+}
+
+/// A lock-delay: any duration, zero included (no delay), up to an hour (anything longer
+/// is surely a unit mistake: the lock would stay free that long after every loss).
+fn lock_delay(key: &str, value: &str) -> Result<Duration> {
+    let d = humantime::parse_duration(value)
+        .map_err(|e| config_err(format!("option {key}={value:?} is not a duration: {e}")))?;
+    if d > Duration::from_secs(3600) {
+        return Err(config_err(format!("option {key}={value:?} is above 1h")));
     }
     Ok(d)
 }
@@ -297,7 +355,8 @@ impl Config {
     ///
     /// Query options: `ttl` / `session_timeout` (a duration: `10s`, `500ms`),
     /// `connect_timeout`, `loss_policy` (`session` or `suspension`), `label`,
-    /// `name_label` (`none`, `full` or N: the metrics' `lock` label), `user`,
+    /// `name_label` (`none`, `full` or N: the metrics' `lock` label), `lock_delay` (a
+    /// duration, `0s` to `1h`: see [`ClientOptions::lock_delay`]), `user`,
     /// `password` (etcd, both or neither), `digest` (ZooKeeper `user:password`), `ca`,
     /// `cert`, `key` (TLS file paths); for PostgreSQL also `schema`, `sslmode` and
     /// `application_name`. Credentials may also be given as URL user-info
@@ -356,6 +415,7 @@ impl Config {
         let mut tls = TlsConfig::default();
         let mut prefix = None;
         let mut pg = (None, None, None); // schema, sslmode, application_name
+        let mut naming = None;
         for (key, value) in url.query_pairs() {
             match &*key {
                 "prefix" => prefix = Some(value.into_owned()),
@@ -364,6 +424,7 @@ impl Config {
                 "loss_policy" => cfg.loss_policy = loss_policy("option loss_policy", &value)?,
                 "label" => cfg.label = Some(value.into_owned()),
                 "name_label" => cfg.name_label = name_label("option name_label", &value)?,
+                "lock_delay" => cfg.lock_delay = lock_delay(&key, &value)?,
                 "user" => user = Some(value.into_owned()),
                 "password" => password = Some(Secret::new(value.into_owned())),
                 "digest" => digest = Some(Secret::new(value.into_owned())),
@@ -373,6 +434,7 @@ impl Config {
                 "schema" => pg.0 = Some(value.into_owned()),
                 "sslmode" => pg.1 = Some(value.into_owned()),
                 "application_name" => pg.2 = Some(value.into_owned()),
+                "naming" => naming = Some(value.parse::<ZkNaming>()?),
                 other => return Err(config_err(format!("unknown option {other:?} in {shown}"))),
             }
         }
@@ -381,6 +443,11 @@ impl Config {
         if !postgres && pg != (None, None, None) {
             return Err(config_err(format!(
                 "options schema, sslmode and application_name are for postgres:// URLs: {shown}"
+            )));
+        }
+        if naming.is_some() && !matches!(url.scheme(), "zk" | "zookeeper") {
+            return Err(config_err(format!(
+                "option naming is for zk:// URLs: {shown}"
             )));
         }
         let hosts = || -> Result<Vec<String>> {
@@ -498,6 +565,7 @@ impl Config {
                     chroot: path,
                     digest,
                     tls,
+                    naming: naming.unwrap_or_default(),
                 }
             }
             "postgres" | "postgresql" => {
@@ -570,6 +638,12 @@ impl Config {
     /// The checks a configuration from serde has not had: credentials that cannot work.
     /// `from_url` runs them; connecting runs them for configurations built otherwise.
     pub(crate) fn check(&self) -> Result<()> {
+        if self.lock_delay > Duration::from_secs(3600) {
+            return Err(config_err(format!(
+                "lock_delay {} is above 1h",
+                humantime::format_duration(self.lock_delay)
+            )));
+        }
         match &self.backend {
             BackendConfig::Etcd { user, password, .. } if user.is_some() != password.is_some() => {
                 Err(config_err("etcd credentials need both user and password"))
@@ -595,6 +669,7 @@ impl Config {
             .with_loss_policy(self.loss_policy);
         o.label = self.label.clone();
         o.with_name_label(self.name_label)
+            .with_lock_delay(self.lock_delay)
     }
 }
 
@@ -688,6 +763,60 @@ mod tests {
     }
 
     #[test]
+    fn zk_naming_option() {
+        let naming = |url: &str| match Config::from_url(url).expect("url").backend {
+            BackendConfig::ZooKeeper { naming, .. } => naming,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(naming("zk://h:2181/app"), ZkNaming::Curator);
+        assert_eq!(naming("zk://h:2181/app?naming=curator"), ZkNaming::Curator);
+        assert_eq!(naming("zk://h:2181/app?naming=kazoo"), ZkNaming::Kazoo);
+        assert!(err("zk://h:2181/app?naming=zkcli").contains("naming=\"zkcli\""));
+        assert!(err("etcd://h:2379/app?naming=kazoo").contains("for zk:// URLs"));
+        let text = r#"{"backend":{"kind":"zookeeper","hosts":["h:2181"],"naming":"kazoo"}}"#;
+        let c: Config = serde_json::from_str(text).expect("json");
+        assert!(matches!(
+            c.backend,
+            BackendConfig::ZooKeeper {
+                naming: ZkNaming::Kazoo,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn lock_delay_option() {
+        assert_eq!(
+            Config::from_url("memory://").expect("url").lock_delay,
+            Duration::ZERO
+        );
+        let c = Config::from_url("etcd://h:2379/p?lock_delay=5s").expect("url");
+        assert_eq!(c.lock_delay, Duration::from_secs(5));
+        assert_eq!(c.client_options().lock_delay, Duration::from_secs(5));
+        assert_eq!(
+            Config::from_url("memory://?lock_delay=0s")
+                .expect("url")
+                .lock_delay,
+            Duration::ZERO
+        );
+        assert!(err("memory://?lock_delay=soon").contains("lock_delay=\"soon\""));
+        assert!(err("memory://?lock_delay=2h").contains("above 1h"));
+        let c: Config = toml::from_str("lock_delay = \"1500ms\"\n[backend]\nkind = \"memory\"\n")
+            .expect("toml");
+        assert_eq!(c.lock_delay, Duration::from_millis(1500));
+        let back = toml::to_string(&c).expect("serialize");
+        assert_eq!(toml::from_str::<Config>(&back).expect("round trip"), c);
+        let plain = toml::to_string(&Config::default()).expect("serialize");
+        assert!(
+            !plain.contains("lock_delay"),
+            "zero is not written: {plain}"
+        );
+        let far: Config =
+            toml::from_str("lock_delay = \"2h\"\n[backend]\nkind = \"memory\"\n").expect("toml");
+        assert!(far.check().is_err());
+    }
+
+    #[test]
     fn name_label_option() {
         assert_eq!(
             Config::from_url("memory://").expect("url").name_label,
@@ -742,7 +871,9 @@ mod tests {
                 chroot,
                 digest,
                 tls,
+                naming,
             } => {
+                assert_eq!(*naming, ZkNaming::Curator);
                 assert_eq!(hosts, &["127.0.0.1:2181"]);
                 assert_eq!(chroot, "/app");
                 assert_eq!(digest.as_ref().map(Secret::expose), Some("a:b"));

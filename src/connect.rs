@@ -75,7 +75,18 @@ async fn backend(config: &Config) -> Result<Arc<dyn Backend>> {
             chroot,
             digest,
             tls,
-        } => zookeeper(config, hosts, chroot, digest.as_ref(), tls.as_ref()).await,
+            naming,
+        } => {
+            zookeeper(
+                config,
+                hosts,
+                chroot,
+                digest.as_ref(),
+                tls.as_ref(),
+                *naming,
+            )
+            .await
+        }
         #[cfg(feature = "redis")]
         BackendConfig::Redis {
             host,
@@ -142,9 +153,16 @@ async fn zookeeper(
     chroot: &str,
     digest: Option<&crate::Secret>,
     tls: Option<&TlsConfig>,
+    naming: crate::ZkNaming,
 ) -> Result<Arc<dyn Backend>> {
-    use queuelock_zookeeper::{ZkBackend, ZkOptions};
-    let mut options = ZkOptions::default().with_connect_timeout(config.connect_timeout);
+    use queuelock_zookeeper::{Naming, ZkBackend, ZkOptions};
+    let naming = match naming {
+        crate::ZkNaming::Curator => Naming::Curator,
+        crate::ZkNaming::Kazoo => Naming::Kazoo,
+    };
+    let mut options = ZkOptions::default()
+        .with_connect_timeout(config.connect_timeout)
+        .with_naming(naming);
     // Config::check refused a digest without `:`.
     if let Some(d) = digest {
         options = options.with_digest(d.expose());

@@ -89,7 +89,7 @@ mod semaphore;
 
 pub use barrier::{Barrier, DoubleBarrier, Entered};
 pub use client::{Client, ClientStats};
-pub use config::{BackendConfig, Config, Secret, TlsConfig};
+pub use config::{BackendConfig, Config, Secret, TlsConfig, ZkNaming};
 pub use election::{Election, Leader, Leadership};
 pub use guard::Guard;
 pub use latch::CountDownLatch;

@@ -21,6 +21,14 @@ pub struct ClientOptions {
     /// Whether metrics carry the lock name as a `lock` label. Default
     /// [`NameLabel::None`]: every distinct name would be a time series.
     pub name_label: NameLabel,
+    /// Lock-delay (Chubby's, Consul's): after a holder's node disappears because the
+    /// holder was **lost** (its session expired or was revoked; not released), the next
+    /// waiter is granted only this long after it saw the node go, so that writes a
+    /// stalled former holder still has in flight drain first. A release hands off at
+    /// once. Default zero: no delay, and nothing extra is read or written. Applies to
+    /// mutexes (and so multi-locks), both sides of read-write locks, and elections; not
+    /// to semaphores. Set it on every client of a lock: see the README's "Lock-delay".
+    pub lock_delay: Duration,
 }
 
 impl Default for ClientOptions {
@@ -30,6 +38,7 @@ impl Default for ClientOptions {
             loss_policy: LossPolicy::default(),
             label: None,
             name_label: NameLabel::None,
+            lock_delay: Duration::ZERO,
         }
     }
 }
@@ -50,6 +59,12 @@ impl ClientOptions {
     /// Sets how much of the lock name metrics carry as their `lock` label.
     pub fn with_name_label(mut self, name_label: NameLabel) -> Self {
         self.name_label = name_label;
+        self
+    }
+
+    /// Sets the lock-delay after a lost holder ([`ClientOptions::lock_delay`]).
+    pub fn with_lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = delay;
         self
     }
 

@@ -23,6 +23,7 @@
 //! This module knows nothing of `Client`, configuration or recipes: it takes a small
 //! [`Context`] (where sessions come from, the loss policy, the label, counters).
 
+mod delay;
 mod lease;
 mod rules;
 mod slot;
@@ -70,6 +71,8 @@ pub(crate) struct Context {
     label: Option<String>,
     /// How long a waiting acquire rides out connection trouble before failing.
     patience: Duration,
+    /// Lock-delay after a lost holder; zero: none (nothing extra read or written).
+    lock_delay: Duration,
     telemetry: Arc<Telemetry>,
 }
 
@@ -79,6 +82,7 @@ impl std::fmt::Debug for Context {
             .field("policy", &self.policy)
             .field("label", &self.label)
             .field("patience", &self.patience)
+            .field("lock_delay", &self.lock_delay)
             .finish()
     }
 }
@@ -100,8 +104,15 @@ impl Context {
             label,
             // A new session cannot be opened during a partition: wait that long at least.
             patience: (ttl * 2).max(Duration::from_secs(10)),
+            lock_delay: Duration::ZERO,
             telemetry: Arc::new(Telemetry::new(backend, names)),
         }
+    }
+
+    /// The same context with a lock-delay after lost holders (see the `delay` module).
+    pub(crate) fn with_lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = delay;
+        self
     }
 
     /// A live session.
@@ -357,7 +368,7 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
     let mut pending = Pending::new(session.clone(), spec);
     let created = retry(&*session, || session.create_sequential(&pending.spec))
         .await
-        .map_err(|e| gone(&*session, e))?;
+        .map_err(|e| gone_err(&*session, e))?;
     let me = created.node;
     pending.node = Some(me.clone());
     if let Some(ahead) = created.ahead {
@@ -365,8 +376,36 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
         tracing::Span::current().record("position", ahead);
     }
     let mut read = created.turn;
+    // With a lock-delay (not for an admission's waiting line): the last node we waited
+    // for, whether it was the last node ahead then, and the instant we knew it was gone
+    // (`None` until a read showed it gone after a broken watch). See `delay`.
+    let delayed = !ctx.lock_delay.is_zero() && req.admission.is_none();
+    let mut waited_for: Option<(Node, bool, Option<Instant>)> = None;
     let turn = loop {
         let Some(blocker) = read.blocker else {
+            if let Some((gone, last, seen)) = waited_for.take() {
+                let seen = seen.unwrap_or_else(Instant::now);
+                if !delay::was_released(&*session, req.queue, &gone, last).await {
+                    tracing::info!(
+                        lock = req.queue,
+                        gone = %gone.key,
+                        delay_ms = ctx.lock_delay.as_millis() as u64,
+                        "the holder ahead was lost, not released: waiting out the lock-delay"
+                    );
+                    let mut state = session.state();
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(seen + ctx.lock_delay) => {}
+                        _ = state.wait_for(|s| *s == SessionState::Lost) => {
+                            return Err(Error::SessionExpired(session.id()));
+                        }
+                    }
+                    // A fresh read after the delay: our node still there, nothing ahead.
+                    read = retry(&*session, || session.turn(req.queue, &me, req.ahead))
+                        .await
+                        .map_err(|e| gone_err(&*session, e))?;
+                    continue;
+                }
+            }
             // Granted on a read that saw our node; refuse if the session has been lost
             // since (never grant after lease loss).
             if *session.state().borrow() == SessionState::Lost {
@@ -377,7 +416,10 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             // With an admission this is only a turn in the waiting line: the hold is the
             // holder node entered next.
             let hold = req.admission.is_none().then(|| hold_record(labels));
-            let lease = Lease::grant(session.clone(), me, read.revision, ctx.policy, hold);
+            // A holder with a lock-delay marks its release, so that waiters can tell it
+            // from a loss.
+            let marker = delayed.then(|| delay::marker(req.queue));
+            let lease = Lease::grant(session.clone(), me, read.revision, ctx.policy, hold, marker);
             if req.revocable && req.admission.is_none() && req.payload.is_none() {
                 lease.watch_revocation(info);
             }
@@ -390,6 +432,9 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
         tracing::trace!(lock = req.queue, waiting_for = %blocker.key, "queued");
         let deleted = wait_turn(&*session, &blocker.key, read.revision).await?;
         labels.wakeup();
+        if delayed {
+            waited_for = Some((blocker.clone(), read.last, deleted.then(Instant::now)));
+        }
         if deleted && read.last && alive(&*session) {
             // The blocker was the last node ahead, and none can join ahead of ours: our
             // turn, without a second read. Our node exists while our session lives (only
@@ -402,7 +447,11 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
         // store can read just that node.
         read = retry(&*session, || session.turn(req.queue, &me, req.ahead))
             .await
-            .map_err(|e| gone(&*session, e))?;
+            .map_err(|e| gone_err(&*session, e))?;
+        if let Some((_, _, seen @ None)) = &mut waited_for {
+            // After a broken watch: the blocker was gone by this read at the latest.
+            *seen = Some(Instant::now());
+        }
     };
     match &req.admission {
         None => Ok(M::granted(turn)),
@@ -526,6 +575,7 @@ async fn enter(
         created.turn.revision,
         ctx.policy,
         Some(hold_record(labels)),
+        None,
     ))
 }
 
@@ -594,7 +644,7 @@ fn alive(session: &dyn Session) -> bool {
 
 /// "Our node is not in the queue any more" told apart: a lost session, or a node deleted
 /// by someone else. Other errors pass through.
-fn gone(session: &dyn Session, e: Error) -> Error {
+fn gone_err(session: &dyn Session, e: Error) -> Error {
     match e {
         Error::LockLost(LossReason::NodeDeleted)
             if *session.state().borrow() == SessionState::Lost =>

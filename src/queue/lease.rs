@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::delay::mark_released;
 use super::telemetry::HoldRecord;
 use super::{remove_node, settle, spawn_removal};
 use crate::metadata::HolderInfo;
@@ -80,6 +81,9 @@ pub(crate) struct Lease {
     /// The hold's metrics and span; `None` for a lease that is not a hold (the
     /// semaphore's turn in its waiting line).
     hold: Option<Arc<HoldRecord>>,
+    /// The release marker to write before a release deletes the node (lock-delay; see
+    /// `super::delay`), if the client has a lock-delay.
+    marker: Option<String>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -99,6 +103,7 @@ impl Lease {
         since: u64,
         policy: LossPolicy,
         hold: Option<HoldRecord>,
+        marker: Option<String>,
     ) -> Arc<Self> {
         let (lost, _) = watch::channel(None);
         let hold = hold.map(Arc::new);
@@ -113,6 +118,7 @@ impl Lease {
             revoke_watch: std::sync::Mutex::new(None),
             released: AtomicBool::new(false),
             hold: hold.clone(),
+            marker,
         });
         let task = tokio::spawn(monitor(
             session,
@@ -230,9 +236,13 @@ impl Lease {
         let started = tokio::time::Instant::now();
         let monitor = self.take_monitor();
         let (session, node) = (self.session.clone(), self.node.clone());
+        let marker = self.marker.clone().filter(|_| loss.is_none());
         let task = tokio::spawn(
             async move {
                 unwatch(monitor).await;
+                if let Some(marker) = marker {
+                    mark_released(&session, &node, &marker).await;
+                }
                 remove_node(session, None, Some(node)).await
             }
             .instrument(span.clone()),
@@ -261,14 +271,18 @@ impl Lease {
     pub(crate) fn release_in_background(&self) {
         if !self.released.swap(true, Ordering::SeqCst) {
             self.stop.cancel();
-            self.loss();
+            let loss = self.loss();
             self.end_hold();
             let monitor = self.take_monitor();
             let (session, node) = (self.session.clone(), self.node.clone());
+            let marker = self.marker.clone().filter(|_| loss.is_none());
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
                         unwatch(monitor).await;
+                        if let Some(marker) = marker {
+                            mark_released(&session, &node, &marker).await;
+                        }
                         spawn_removal(session, None, Some(node));
                     });
                 }

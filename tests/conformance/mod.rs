@@ -429,7 +429,8 @@ macro_rules! conformance_tests {
             metrics_of_a_lost_session, barrier_releases_all_once_removed,
             double_barrier_five, double_barrier_killed_participant,
             count_down_latch_opens_at_zero, count_down_latch_concurrent,
-            revocation_reaches_the_holder, revocation_ignored_keeps_the_lock
+            revocation_reaches_the_holder, revocation_ignored_keeps_the_lock,
+            lock_delay_after_loss_not_after_release
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1689,4 +1690,185 @@ pub async fn revocation_ignored_keeps_the_lock(h: &dyn Harness) {
         .release()
         .await
         .expect("the asked holder released a lock it kept");
+}
+
+/// The lock-delay the loss cases use: short, so the suite stays fast.
+const LOCK_DELAY: Duration = Duration::from_secs(2);
+
+/// The lock-delay the release case uses: long, so that "granted well before it" is a
+/// bound with a generous margin (a release costs no delay at all).
+const LONG_LOCK_DELAY: Duration = Duration::from_secs(30);
+
+/// A client with its own session and a lock-delay of `delay`.
+async fn delayed_client(h: &dyn Harness, delay: Duration) -> Client {
+    Client::new(
+        h.backend().await,
+        ClientOptions::default()
+            .with_ttl(h.ttl())
+            .with_lock_delay(delay),
+    )
+}
+
+/// Spawns `acquire` and waits until the queue `name` has `n` nodes (it is queued).
+async fn queued<T: Send + 'static>(
+    observer: &Client,
+    name: &str,
+    n: usize,
+    acquire: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<(T, Instant)> {
+    let task = tokio::spawn(async move {
+        let r = acquire.await;
+        (r, Instant::now())
+    });
+    await_queue_len(observer, name, n).await;
+    task
+}
+
+/// A writer (`write`) or reader of read-write lock `name`, on a new client with a
+/// lock-delay of [`LOCK_DELAY`], queued as the `n`th node (see [`queued`]).
+async fn queued_rwlock(
+    h: &dyn Harness,
+    observer: &Client,
+    name: &str,
+    n: usize,
+    write: bool,
+) -> tokio::task::JoinHandle<(queuelock::Guard, Instant)> {
+    let c = delayed_client(h, LOCK_DELAY).await;
+    let name_c = name.to_owned();
+    queued(observer, name, n, async move {
+        let lock = c.rwlock(&name_c).expect("name");
+        if write {
+            lock.write().await
+        } else {
+            lock.read().await
+        }
+        .expect("rwlock")
+    })
+    .await
+}
+
+/// Expires `holder`'s session and returns the grant `waiter` (queued behind it, with a
+/// lock-delay of [`LOCK_DELAY`]) gets, asserting it came no earlier than the delay after
+/// the expiry was asked for (before the store removed the node) with a larger token.
+///
+/// With `then_release`, that guard (another holder ahead of the waiter, the one it
+/// waits for) is released once the expired holder's node is gone from `queue`.
+async fn granted_after_loss(
+    h: &dyn Harness,
+    holder: &queuelock::Guard,
+    waiter: tokio::task::JoinHandle<(queuelock::Guard, Instant)>,
+    who: &str,
+    then_release: Option<(queuelock::Guard, &Client, &str, usize)>,
+) -> queuelock::Guard {
+    let expiring = Instant::now();
+    h.expire(holder.session_id()).await;
+    if let Some((other, observer, queue, left)) = then_release {
+        await_queue_len(observer, queue, left).await;
+        other.release().await.expect("release");
+    }
+    let (granted, at) = timeout(h.ttl() + LOCK_DELAY + EVENTUALLY, waiter)
+        .await
+        .unwrap_or_else(|_| panic!("{who} behind a lost holder hung"))
+        .expect("join");
+    assert!(
+        at - expiring >= LOCK_DELAY,
+        "{who} was granted {:?} after the holder's session was expired (the delay is \
+         {LOCK_DELAY:?})",
+        at - expiring
+    );
+    assert!(granted.fencing_token() > holder.fencing_token());
+    granted
+}
+
+/// Lock-delay: after a release the next waiter is granted at once; after the holder's
+/// session is expired, no earlier than the delay (counted from before the expiry was
+/// asked for, which is before the store removed the node); the fencing token still
+/// increases. For a mutex, a read-write lock's reader behind a lost writer, and a writer
+/// behind a lost reader and a released one.
+/// Without a lock-delay, nothing extra is written.
+pub async fn lock_delay_after_loss_not_after_release(h: &dyn Harness) {
+    let name = h.unique_name("lockdelay");
+    let observer = client(h).await;
+    let (a, b) = (
+        delayed_client(h, LONG_LOCK_DELAY).await,
+        delayed_client(h, LOCK_DELAY).await,
+    );
+
+    // A release hands off at once (well before the releaser's and the waiter's delay).
+    let ga = hold(&a, &name).await;
+    let waiter_client = delayed_client(h, LONG_LOCK_DELAY).await;
+    let n = name.clone();
+    let waiter = queued(&observer, &name, 2, async move {
+        hold(&waiter_client, &n).await
+    })
+    .await;
+    let (released, token_a) = (Instant::now(), ga.fencing_token());
+    ga.release().await.expect("release");
+    let (gw, granted) = timeout(LONG_LOCK_DELAY, waiter)
+        .await
+        .expect("a released lock was handed off no sooner than the lock-delay")
+        .expect("join");
+    assert!(
+        granted - released < LONG_LOCK_DELAY,
+        "a released lock waited {:?}",
+        granted - released
+    );
+    assert!(gw.fencing_token() > token_a);
+    gw.release().await.expect("release");
+
+    // A lost holder: the next grant waits out the delay.
+    let gb = hold(&b, &name).await;
+    let c = delayed_client(h, LOCK_DELAY).await;
+    let n = name.clone();
+    let waiter = queued(&observer, &name, 2, async move { hold(&c, &n).await }).await;
+    let gc = granted_after_loss(h, &gb, waiter, "a mutex waiter", None).await;
+    assert!(gb.is_lost().is_some());
+    gc.release().await.expect("release");
+
+    // A reader behind a lost writer waits out the delay too.
+    let rw = h.unique_name("lockdelay-rw");
+    let d = delayed_client(h, LOCK_DELAY).await;
+    let gw = d.rwlock(&rw).expect("name").write().await.expect("write");
+    let reader = queued_rwlock(h, &observer, &rw, 2, false).await;
+    let gr = granted_after_loss(h, &gw, reader, "a reader", None).await;
+    gr.release().await.expect("release");
+
+    // A writer behind two readers: one is lost, then the one it waits for is released.
+    // Its grant must not skip the delay owed to the lost one, which it never watched.
+    let rw2 = h.unique_name("lockdelay-rw2");
+    let (r1c, r2c) = (
+        delayed_client(h, LOCK_DELAY).await,
+        delayed_client(h, LOCK_DELAY).await,
+    );
+    let r1 = r1c.rwlock(&rw2).expect("name").read().await.expect("read");
+    let r2 = r2c.rwlock(&rw2).expect("name").read().await.expect("read");
+    let writer = queued_rwlock(h, &observer, &rw2, 3, true).await;
+    let gw2 = granted_after_loss(
+        h,
+        &r1,
+        writer,
+        "a writer behind a lost and a released reader",
+        Some((r2, &observer, &rw2, 2)),
+    )
+    .await;
+    gw2.release().await.expect("release");
+
+    // Without a lock-delay, a release writes nothing beside the lock.
+    let plain = h.unique_name("lockdelay-off");
+    cycle(&client(h).await, &plain).await;
+    let s = observer.session().await.expect("session");
+    assert_eq!(
+        s.get(&format!("~queuelock/released/{plain}"))
+            .await
+            .expect("get"),
+        None,
+        "a client without lock-delay wrote a release marker"
+    );
+    assert!(
+        s.get(&format!("~queuelock/released/{name}"))
+            .await
+            .expect("get")
+            .is_some(),
+        "a client with lock-delay wrote no release marker"
+    );
 }

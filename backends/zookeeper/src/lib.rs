@@ -26,6 +26,11 @@
 //!   | `Latch` | `_c_<uuid>-latch-<seq>` | Curator `LeaderLatch` |
 //!   | `Permit` | `_c_<uuid>-permit-<seq>` | queuelock's own (Curator's semaphore has another layout) |
 //!
+//!   With [`Naming::Kazoo`] (`zk://...?naming=kazoo`) they are named as kazoo names them
+//!   by default instead (the uuid in simple hex): `Lock`, `Write` and `Latch` nodes
+//!   `<uuid>__lock__<seq>` (kazoo `Lock`, `WriteLock`, `Election`), `Read` nodes
+//!   `<uuid>__rlock__<seq>` (kazoo `ReadLock`); `Permit` nodes keep the name above.
+//!
 //!   Listing orders every child ending in a 10-digit sequence by that sequence, so nodes
 //!   of kazoo (`<uuid>__lock__<seq>`, `<uuid>__rlock__<seq>`) and plain ones
 //!   (`lock-<seq>`) queue with ours; the kind is read from the name (`Unknown`, which
@@ -119,6 +124,45 @@ pub struct ZkOptions {
     pub digest: Option<String>,
     /// TLS to the secure client port: CA and optional client certificate.
     pub tls: Option<TlsPem>,
+    /// How queuelock names its queue nodes (default [`Naming::Curator`]).
+    pub naming: Naming,
+}
+
+/// How queuelock names its ZooKeeper queue nodes, so that a peer library with its
+/// default settings sees them as contenders (whatever the dialect, queuelock itself
+/// queues every child that ends in a 10-digit sequence, so it sees both).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Naming {
+    /// Apache Curator's protected names (`_c_<uuid>-lock-<seq>`, `__READ__`, `__WRIT__`,
+    /// `latch-`): Curator's recipes exclude queuelock and the reverse. kazoo's `Lock`
+    /// sees them only with `extra_lock_patterns=["-lock-"]`.
+    #[default]
+    Curator,
+    /// kazoo's default names (`<uuid hex>__lock__<seq>` for locks, write locks and
+    /// election candidates, `<uuid hex>__rlock__<seq>` for readers): kazoo's `Lock()`,
+    /// `WriteLock()`, `ReadLock()` and `Election()` with default arguments exclude
+    /// queuelock and the reverse. Semaphore nodes keep queuelock's own `permit-` names
+    /// (kazoo's `Semaphore` has another layout). kazoo's names do not tell a writer or
+    /// an election candidate from a lock: such nodes list as [`queuelock_core::NodeKind::Lock`]
+    /// (every recipe treats the three alike: exclusive), so `queuelock status` shows them
+    /// as locks.
+    Kazoo,
+}
+
+impl std::str::FromStr for Naming {
+    type Err = queuelock_core::Error;
+
+    /// `curator` or `kazoo`, as in `zk://...?naming=`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "curator" => Ok(Naming::Curator),
+            "kazoo" => Ok(Naming::Kazoo),
+            _ => Err(queuelock_core::Error::Config(format!(
+                "ZooKeeper naming {s:?}: expected \"curator\" or \"kazoo\""
+            ))),
+        }
+    }
 }
 
 impl fmt::Debug for ZkOptions {
@@ -127,6 +171,7 @@ impl fmt::Debug for ZkOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("digest", &self.digest.as_ref().map(|_| "***"))
             .field("tls", &self.tls)
+            .field("naming", &self.naming)
             .finish()
     }
 }
@@ -142,6 +187,12 @@ impl ZkOptions {
     /// appear in `Debug` output or logs.
     pub fn with_digest(mut self, user_password: impl Into<String>) -> Self {
         self.digest = Some(user_password.into());
+        self
+    }
+
+    /// Sets how queuelock names its queue nodes ([`Naming`]).
+    pub fn with_naming(mut self, naming: Naming) -> Self {
+        self.naming = naming;
         self
     }
 

@@ -1,23 +1,40 @@
-//! Node names: Curator's protected naming for ours, tolerant parsing for everyone's.
+//! Node names: Curator's protected naming (or kazoo's default naming) for ours, tolerant
+//! parsing for everyone's.
 
 use queuelock_core::{NodeKind, NodeSpec};
 
+use crate::Naming;
+
 /// The name prefix of our node for `spec` (ZooKeeper appends the 10-digit sequence):
-/// Curator's protected form `_c_<uuid>-<kind>`.
-pub(crate) fn prefix(spec: &NodeSpec) -> String {
-    let kind = match spec.kind {
-        NodeKind::Read => "__READ__",
-        NodeKind::Write => "__WRIT__",
-        NodeKind::Latch => "latch-",
-        NodeKind::Permit => "permit-",
-        _ => "lock-",
-    };
-    format!("_c_{}-{kind}", spec.id.hyphenated())
+/// Curator's protected form `_c_<uuid>-<kind>`, or kazoo's `<uuid hex><kind>` (kazoo
+/// counts a child as a contender when it matches `(__lock__|__rlock__)(-?\d{10})$`).
+pub(crate) fn prefix(spec: &NodeSpec, naming: Naming) -> String {
+    match (naming, spec.kind) {
+        (Naming::Kazoo, NodeKind::Read) => format!("{}__rlock__", spec.id.simple()),
+        // kazoo's semaphore has another layout: permits keep queuelock's own names.
+        (Naming::Kazoo, kind) if kind != NodeKind::Permit => {
+            format!("{}__lock__", spec.id.simple())
+        }
+        (_, kind) => {
+            let kind = match kind {
+                NodeKind::Read => "__READ__",
+                NodeKind::Write => "__WRIT__",
+                NodeKind::Latch => "latch-",
+                NodeKind::Permit => "permit-",
+                _ => "lock-",
+            };
+            format!("_c_{}-{kind}", spec.id.hyphenated())
+        }
+    }
 }
 
-/// The protected marker of `spec`'s nodes, for finding them after a connection loss.
-pub(crate) fn marker(spec: &NodeSpec) -> String {
-    format!("_c_{}-", spec.id.hyphenated())
+/// The marker of `spec`'s nodes (a prefix no other attempt's name has), for finding them
+/// after a connection loss.
+pub(crate) fn marker(spec: &NodeSpec, naming: Naming) -> String {
+    match prefix(spec, naming) {
+        p if p.starts_with("_c_") => format!("_c_{}-", spec.id.hyphenated()),
+        p => p,
+    }
 }
 
 /// Sequence and kind of a child, or `None` when it has no 10-digit sequence suffix.
@@ -53,7 +70,36 @@ mod tests {
     #[test]
     fn names() {
         let spec = NodeSpec::new("q", NodeKind::Write, vec![]);
-        assert!(prefix(&spec).starts_with("_c_") && prefix(&spec).ends_with("-__WRIT__"));
+        let p = prefix(&spec, Naming::Curator);
+        assert!(p.starts_with("_c_") && p.ends_with("-__WRIT__"));
+        assert!(p.starts_with(&marker(&spec, Naming::Curator)));
+        // kazoo: `uuid4().hex + "__lock__"` (WriteLock and Lock alike), `__rlock__` readers.
+        let hex = spec.id.simple().to_string();
+        assert_eq!(prefix(&spec, Naming::Kazoo), format!("{hex}__lock__"));
+        assert_eq!(marker(&spec, Naming::Kazoo), format!("{hex}__lock__"));
+        for (kind, tail) in [
+            (NodeKind::Lock, "__lock__"),
+            (NodeKind::Latch, "__lock__"),
+            (NodeKind::Read, "__rlock__"),
+        ] {
+            let s = NodeSpec::new("q", kind, vec![]);
+            assert_eq!(
+                prefix(&s, Naming::Kazoo),
+                format!("{}{tail}", s.id.simple())
+            );
+            let name = format!("{}0000000042", prefix(&s, Naming::Kazoo));
+            let parsed = if kind == NodeKind::Read {
+                NodeKind::Read
+            } else {
+                NodeKind::Lock
+            };
+            assert_eq!(parse(&name), Some((42, parsed)));
+        }
+        let permit = NodeSpec::new("q", NodeKind::Permit, vec![]);
+        assert_eq!(
+            prefix(&permit, Naming::Kazoo),
+            prefix(&permit, Naming::Curator)
+        );
         assert_eq!(
             parse("_c_1b4e28ba-2fa1-11d2-883f-0016d3cca427-lock-0000000042"),
             Some((42, NodeKind::Lock))

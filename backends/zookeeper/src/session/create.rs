@@ -50,7 +50,7 @@ impl ZkSession {
             Err(ZkError::NoNode) => return Ok(None),
             Err(e) => return Err(self.fail(e)),
         };
-        let marker = names::marker(spec);
+        let marker = names::marker(spec, self.inner.options.naming);
         for name in children.into_iter().filter(|c| c.starts_with(&marker)) {
             let path = format!("{dir}/{name}");
             match client.check_stat(&path).await {
@@ -102,7 +102,7 @@ impl ZkSession {
                 return self.adopt(client, spec, key, token).await;
             }
         }
-        let prefix = format!("{dir}/{}", names::prefix(spec));
+        let prefix = format!("{dir}/{}", names::prefix(spec, self.inner.options.naming));
         let opts = CreateMode::EphemeralSequential.with_acls(self.inner.acls());
         for _ in 0..MAX_RACES {
             // Both requests are sent now, in this order (zookeeper-client sends when the
@@ -113,7 +113,11 @@ impl ZkSession {
             let (created, children) = tokio::join!(create, children);
             match created {
                 Ok((stat, seq)) => {
-                    let key = format!("{}/{}{seq}", spec.queue, names::prefix(spec));
+                    let key = format!(
+                        "{}/{}{seq}",
+                        spec.queue,
+                        names::prefix(spec, self.inner.options.naming)
+                    );
                     let token = stat.czxid as u64;
                     self.own(&key, token);
                     let (children, parent) = children.map_err(|e| self.fail(e))?;
