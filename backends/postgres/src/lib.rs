@@ -446,11 +446,24 @@ pub mod testkit {
         }
 
         async fn backend_with_link(&self) -> (Arc<dyn Backend>, Box<dyn Link>) {
-            let mut pg = config();
-            let port = pg.get_ports().first().copied().unwrap_or(5432);
+            let base = config();
+            let port = base.get_ports().first().copied().unwrap_or(5432);
             let proxy = Proxy::start(format!("127.0.0.1:{port}")).await;
             let (host, pport) = proxy.addr.rsplit_once(':').expect("host:port");
+            // A new config with only the proxy's address: `host()`/`port()` on the parsed
+            // one would add a second host after the server's own, which libpq-style
+            // clients try first, so no connection would cross the proxy at all.
+            let mut pg = PgConfig::new();
             pg.host(host).port(pport.parse().expect("port"));
+            if let Some(user) = base.get_user() {
+                pg.user(user);
+            }
+            if let Some(db) = base.get_dbname() {
+                pg.dbname(db);
+            }
+            if let Some(pw) = base.get_password() {
+                pg.password(pw);
+            }
             let b = PgBackend::connect(pg, PgOptions::default().with_schema(SCHEMA))
                 .await
                 .expect("connect to the test PostgreSQL through a proxy");
