@@ -5,8 +5,8 @@
 //!   runs every scenario for every implementation, each scenario in its own process, and
 //!   writes `<out>/<date>-<backend>.{json,md,svg}`.
 //! * `queuelock-bench harness IMPL BACKEND ENDPOINT SCENARIO ARGS...` is one scenario of a
-//!   Rust implementation, with the same command line and JSON output as the Go, Java and
-//!   Python and Node harnesses under `bench/peers/`.
+//!   Rust implementation, with the same command line and JSON output as the Go, Java,
+//!   Python and node harnesses under `bench/peers/`.
 
 mod driver;
 mod impls;

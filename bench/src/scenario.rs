@@ -1,5 +1,5 @@
 //! The scenarios, written once over [`Locker`] and run for every Rust implementation.
-//! The Go, Java and Python harnesses under `bench/peers/` implement the same scenarios
+//! The Go, Java, Python and node harnesses under `bench/peers/` implement the same scenarios
 //! with the same command line and print the same JSON shape (see `bench/peers/README.md`).
 
 use std::sync::atomic::{AtomicBool, Ordering};

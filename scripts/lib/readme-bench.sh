@@ -50,7 +50,7 @@ for b in backends:
     text = open(md).read().replace("](" + date, "](" + out + "/" + date)
     text = text.replace("\n### ", "\n#### ").replace("### ", "#### ", 1)
     took = f"{int(secs) // 60} min {int(secs) % 60} s"
-    parts[b] = f"Run of {date}: `scripts/bench --backend {b}` took {took}.\n\n" + text.strip("\n") + "\n\n"
+    parts[b] = f"Run of {date}: `scripts/bench --backend {b}` took {took}, building the driver and the peers included.\n\n" + text.strip("\n") + "\n\n"
 
 new = [f"Latest full run of each backend. Raw figures: `{out}/<date>-<backend>.json`.\n"]
 for b in ORDER + sorted(set(parts) - set(ORDER)):
