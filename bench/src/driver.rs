@@ -14,7 +14,7 @@ use crate::server;
 /// Arguments of `queuelock-bench run`.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// `etcd` or `zookeeper`.
+    /// `etcd`, `zookeeper`, `postgres` or `redis`.
     #[arg(long)]
     backend: String,
     /// The server, `host:port`.
@@ -137,21 +137,29 @@ pub async fn run(args: RunArgs) -> BResult<()> {
     let mut impls = vec![Impl {
         name: "queuelock".into(),
         command: rust("queuelock"),
-        herd_own: true,
+        // On PostgreSQL a Client::connect per waiter is 3 server processes per waiter
+        // (3,000 for the herd): beyond what a shared 2-core machine can start.
+        herd_own: args.backend != "postgres",
     }];
-    if args.backend == "etcd" {
-        impls.push(Impl {
+    match args.backend.as_str() {
+        "etcd" => impls.push(Impl {
             name: "etcd-client lock() (Rust)".into(),
             command: rust("etcd-client"),
             herd_own: true,
-        });
-    } else {
+        }),
         // Every zookeeper-client session is its own connection: one herd says it all.
-        impls.push(Impl {
+        "zookeeper" => impls.push(Impl {
             name: "zookeeper-client LockClient (Rust)".into(),
             command: rust("zookeeper-client"),
             herd_own: false,
-        });
+        }),
+        // A session-level advisory lock is a connection's: one herd says it all.
+        "postgres" => impls.push(Impl {
+            name: "pg_advisory_lock (tokio-postgres)".into(),
+            command: rust("pg-advisory"),
+            herd_own: false,
+        }),
+        _ => {}
     }
     for p in &args.peers {
         let (name, cmd) = split_eq(p)?;
@@ -167,7 +175,9 @@ pub async fn run(args: RunArgs) -> BResult<()> {
         unavailable.push(json!({"impl": name, "reason": reason}));
     }
     let (b, ep) = (args.backend.as_str(), args.endpoint.as_str());
-    let version = server::version(b, ep).unwrap_or_else(|e| format!("{b} (version unknown: {e})"));
+    let version = server::version(b, ep)
+        .await
+        .unwrap_or_else(|e| format!("{b} (version unknown: {e})"));
     eprintln!("==> bench {b} at {ep} ({version})");
 
     let mut results = Vec::new();
@@ -314,6 +324,18 @@ async fn run_process(
     } else {
         None
     };
+    // PostgreSQL and Redis: the server's own work during the herd (transactions,
+    // commands), and on Redis every pub/sub message published (a monitoring subscriber).
+    let work_before = if scenario == "herd" && matches!(backend, "postgres" | "redis") {
+        server::work(backend, endpoint).await.ok()
+    } else {
+        None
+    };
+    let monitor = if scenario == "herd" && backend == "redis" {
+        Some(server::PubSubMonitor::start(endpoint).await?)
+    } else {
+        None
+    };
     let sessions_before = if scenario == "footprint" {
         Some(server::sessions(backend, endpoint).await?)
     } else {
@@ -382,6 +404,24 @@ async fn run_process(
             v["notifications_per_release"] =
                 json!(crate::scenario::round3((after - before) / releases));
         }
+    }
+    if let Some(before) = work_before {
+        if let Ok((after, what)) = server::work_after(backend, endpoint).await {
+            let waiters = v["waiters"].as_f64().unwrap_or(1.0).max(1.0);
+            v["server_work"] = json!(after - before.0);
+            v["server_work_per_waiter"] =
+                json!(crate::scenario::round3((after - before.0) / waiters));
+            v["server_work_counted"] = json!(what);
+        }
+    }
+    if let Some(m) = monitor {
+        let published = m.stop().await;
+        let releases = v["releases"].as_f64().unwrap_or(1.0).max(1.0);
+        v["server_notifications"] = json!(published);
+        v["notifications_per_release"] =
+            json!(crate::scenario::round3(published as f64 / releases));
+        v["notifications_counted"] =
+            json!("pub/sub messages published (a PSUBSCRIBE * subscriber in the driver)");
     }
     if let Some((held, _)) = sessions_held {
         v["sessions_on_server"] = json!(held);

@@ -1,4 +1,4 @@
-//! The implementations measured in-process: queuelock itself, `etcd-client`'s server-side
+//! The implementations measured in-process: queuelock itself (on every store), `etcd-client`'s server-side
 //! lock and `zookeeper-client`'s `LockClient`, plus the raw-operation floors.
 
 use std::sync::{Arc, Mutex as StdMutex};
@@ -17,22 +17,49 @@ pub fn members(endpoint: &str) -> Vec<&str> {
     endpoint.split(',').collect()
 }
 
-/// queuelock on etcd or ZooKeeper.
+/// queuelock on etcd, ZooKeeper, PostgreSQL or Redis.
 pub struct QueueLock {
     url: String,
+    backend: String,
     shared: queuelock::Client,
+    /// On PostgreSQL, the shared backend itself: its LISTEN connection counts the
+    /// NOTIFYs it receives (the herd's notifications; PostgreSQL counts none itself).
+    pg: Option<queuelock_postgres::PgBackend>,
     clients: StdMutex<Vec<queuelock::Client>>,
 }
 
 impl QueueLock {
-    /// `backend` is `etcd` or `zookeeper`.
+    /// `backend` is `etcd`, `zookeeper`, `postgres` or `redis`; `endpoint` is `host:port`
+    /// (a comma-separated member list on etcd and ZooKeeper).
     pub async fn new(backend: &str, endpoint: &str) -> BResult<Self> {
-        let scheme = if backend == "etcd" { "etcd" } else { "zk" };
-        let url = format!("{scheme}://{endpoint}/queuelock-bench?ttl=15s");
-        let shared = queuelock::Client::connect(&url).await?;
+        let url = match backend {
+            "etcd" => format!("etcd://{endpoint}/queuelock-bench?ttl=15s"),
+            "zookeeper" => format!("zk://{endpoint}/queuelock-bench?ttl=15s"),
+            "postgres" => format!("{}?ttl=15s", crate::stores::pg_url(endpoint)),
+            "redis" => format!("redis://{endpoint}/0?prefix=queuelock-bench&ttl=15s"),
+            other => return Err(format!("queuelock: unknown backend {other}").into()),
+        };
+        let mut shared = queuelock::Client::connect(&url).await?;
+        let mut pg = None;
+        if backend == "postgres" {
+            // The same backend the URL makes (default schema and options), but kept by
+            // its own type for `notifications_received`.
+            let config: queuelock_postgres::PgConfig = crate::stores::pg_url(endpoint).parse()?;
+            let b = queuelock_postgres::PgBackend::connect(
+                config,
+                queuelock_postgres::PgOptions::default(),
+            )
+            .await?;
+            let options = shared.options().clone();
+            shared.close().await?;
+            shared = queuelock::Client::new(Arc::new(b.clone()), options);
+            pg = Some(b);
+        }
         Ok(QueueLock {
             url,
+            backend: backend.to_owned(),
             shared,
+            pg,
             clients: StdMutex::new(Vec::new()),
         })
     }
@@ -52,8 +79,10 @@ impl Factory for QueueLock {
         Ok(self.keep(queuelock::Client::connect(&self.url).await?))
     }
 
-    /// A client with its own session on the shared connection (etcd: one gRPC channel and
-    /// watch stream; ZooKeeper: every session is its own connection anyway).
+    /// A client with its own session on the shared backend (etcd: one gRPC channel and
+    /// watch stream; ZooKeeper: every session is its own connection anyway; PostgreSQL:
+    /// one LISTEN connection and a pool of two; Redis: one command and one pub/sub
+    /// connection).
     async fn connect_shared(&self) -> BResult<Arc<dyn Locker>> {
         let client =
             queuelock::Client::new(self.shared.backend().clone(), self.shared.options().clone());
@@ -61,17 +90,25 @@ impl Factory for QueueLock {
     }
 
     fn sharing(&self, own: bool) -> &'static str {
-        match (own, self.url.starts_with("etcd")) {
-            (false, true) => "one gRPC channel for all; a queuelock Client (lease, keep-alive stream) per waiter",
-            (true, true) => "a Client::connect (own gRPC channel, lease, keep-alive stream) per waiter",
-            (false, false) => "a queuelock Client on the shared Backend per waiter: each its own ZooKeeper session, so its own connection",
-            (true, false) => "a Client::connect (own Backend, ZooKeeper session and connection) per waiter",
+        match (own, self.backend.as_str()) {
+            (false, "etcd") => "one gRPC channel for all; a queuelock Client (lease, keep-alive stream) per waiter",
+            (true, "etcd") => "a Client::connect (own gRPC channel, lease, keep-alive stream) per waiter",
+            (false, "zookeeper") => "a queuelock Client on the shared Backend per waiter: each its own ZooKeeper session, so its own connection",
+            (true, "zookeeper") => "a Client::connect (own Backend, ZooKeeper session and connection) per waiter",
+            (false, "postgres") => "one PgBackend for all (a LISTEN connection + 2 request connections); a queuelock Client (session row, keep-alive) per waiter",
+            (true, "postgres") => "a Client::connect (own PgBackend: 3 connections) per waiter",
+            (false, _) => "one RedisBackend for all (a multiplexed command connection + a pub/sub connection); a queuelock Client (session key, renewals) per waiter",
+            (true, _) => "a Client::connect (own RedisBackend and its connections) per waiter",
         }
     }
 
     fn client_wakeups(&self) -> Option<u64> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         Some(clients.iter().map(|c| c.stats().wakeups).sum())
+    }
+
+    fn notifications_received(&self) -> Option<u64> {
+        self.pg.as_ref().map(|b| b.notifications_received())
     }
 }
 

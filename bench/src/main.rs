@@ -5,14 +5,15 @@
 //!   runs every scenario for every implementation, each scenario in its own process, and
 //!   writes `<out>/<date>-<backend>.{json,md,svg}`.
 //! * `queuelock-bench harness IMPL BACKEND ENDPOINT SCENARIO ARGS...` is one scenario of a
-//!   Rust implementation, with the same command line and JSON output as the Go, Java and
-//!   Python harnesses under `bench/peers/`.
+//!   Rust implementation, with the same command line and JSON output as the Go, Java,
+//!   Python and node harnesses under `bench/peers/`.
 
 mod driver;
 mod impls;
 mod report;
 mod scenario;
 mod server;
+mod stores;
 
 use clap::{Parser, Subcommand};
 
@@ -31,9 +32,10 @@ enum Command {
     Run(driver::RunArgs),
     /// One scenario of a Rust implementation; prints JSON lines.
     Harness {
-        /// `queuelock`, `etcd-client` (etcd), `zookeeper-client` (ZooKeeper) or `floor`.
+        /// `queuelock`, `etcd-client` (etcd), `zookeeper-client` (ZooKeeper),
+        /// `pg-advisory` (PostgreSQL) or `floor`.
         implementation: String,
-        /// `etcd` or `zookeeper`.
+        /// `etcd`, `zookeeper`, `postgres` or `redis`.
         backend: String,
         /// `host:port`.
         endpoint: String,
@@ -97,6 +99,8 @@ async fn harness(
         if implementation == "floor" {
             return match backend {
                 "etcd" => impls::etcd_floor_concurrent(endpoint, shape).await,
+                "postgres" => stores::pg_floor_concurrent(endpoint, shape).await,
+                "redis" => stores::redis_floor_concurrent(endpoint, shape).await,
                 _ => impls::zk_floor_concurrent(endpoint, shape).await,
             };
         }
@@ -111,6 +115,8 @@ async fn harness(
     if implementation == "floor" {
         return match backend {
             "etcd" => impls::etcd_floor(endpoint, n).await,
+            "postgres" => stores::pg_floor(endpoint, n).await,
+            "redis" => stores::redis_floor(endpoint, n).await,
             _ => impls::zk_floor(endpoint, n).await,
         };
     }
@@ -146,6 +152,7 @@ async fn factory(
         ("queuelock", _) => Box::new(impls::QueueLock::new(backend, endpoint).await?),
         ("etcd-client", "etcd") => Box::new(impls::EtcdClientLock::new(endpoint).await?),
         ("zookeeper-client", "zookeeper") => Box::new(impls::ZkClientLock::new(endpoint)),
+        ("pg-advisory", "postgres") => Box::new(stores::PgAdvisory::new(endpoint)),
         _ => return Err(format!("no implementation {implementation} on {backend}").into()),
     })
 }

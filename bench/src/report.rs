@@ -280,19 +280,41 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
         },
     );
     let herd = doc["plan"]["herd_waiters"].as_u64().unwrap_or(0);
-    row(
-        format!("herd, {herd} waiters: notifications per release (server count)"),
-        &|n| {
-            cell(find_herd(doc, n, false), |r| {
-                let mut s = format!("{:.2}", num(&r["notifications_per_release"])?);
-                if let Some(w) = r["client_wakeups"].as_u64() {
-                    let rel = num(&r["releases"]).unwrap_or(1.0);
-                    let _ = write!(s, " (client wakeups {:.2})", w as f64 / rel);
-                }
-                Some(s)
-            })
-        },
-    );
+    // What the notification count is on this store: the server's own counter (etcd,
+    // ZooKeeper), a monitoring subscriber (Redis), or the harness's LISTEN connection
+    // (PostgreSQL, which counts no NOTIFYs).
+    let counted = match doc["backend"].as_str() {
+        Some("postgres") => {
+            "NOTIFYs received per release, counted at the harness's LISTEN connection"
+        }
+        Some("redis") => {
+            "pub/sub messages published per release (a PSUBSCRIBE * subscriber in the driver)"
+        }
+        _ => "notifications per release (server count)",
+    };
+    row(format!("herd, {herd} waiters: {counted}"), &|n| {
+        cell(find_herd(doc, n, false), |r| {
+            let mut s = format!("{:.2}", num(&r["notifications_per_release"])?);
+            if let Some(w) = r["client_wakeups"].as_u64() {
+                let rel = num(&r["releases"]).unwrap_or(1.0);
+                let _ = write!(s, " (client wakeups {:.2})", w as f64 / rel);
+            }
+            Some(s)
+        })
+    });
+    if let Some(what) = results(doc)
+        .iter()
+        .find_map(|r| r["server_work_counted"].as_str())
+    {
+        row(
+            format!("herd, {herd} waiters: server work per waiter: {what}"),
+            &|n| {
+                cell(find_herd(doc, n, false), |r| {
+                    Some(format!("{:.1}", num(&r["server_work_per_waiter"])?))
+                })
+            },
+        );
+    }
     row(format!("herd, {herd} waiters: drain time s"), &|n| {
         cell(find_herd(doc, n, false), |r| {
             Some(format!("{:.2}", num(&r["drain_s"])?))
@@ -329,7 +351,12 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     let locks = doc["plan"]["footprint_locks"].as_u64().unwrap_or(0);
     row(
         format!(
-            "sessions/leases on the server for {} held locks",
+            "{} on the server for {} held locks",
+            match doc["backend"].as_str() {
+                Some("postgres") => "client connections (server processes)",
+                Some("redis") => "client connections",
+                _ => "sessions/leases",
+            },
             fmt_int(locks as f64)
         ),
         &|n| {

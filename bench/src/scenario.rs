@@ -1,5 +1,5 @@
 //! The scenarios, written once over [`Locker`] and run for every Rust implementation.
-//! The Go, Java and Python harnesses under `bench/peers/` implement the same scenarios
+//! The Go, Java, Python and node harnesses under `bench/peers/` implement the same scenarios
 //! with the same command line and print the same JSON shape (see `bench/peers/README.md`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +41,11 @@ pub trait Factory: Send + Sync {
     }
     /// Notifications this process's clients counted, when the implementation counts them.
     fn client_wakeups(&self) -> Option<u64> {
+        None
+    }
+    /// Notifications this process's listeners received, where the server counts none
+    /// itself (PostgreSQL's NOTIFY).
+    fn notifications_received(&self) -> Option<u64> {
         None
     }
     /// How the herd's waiting contenders share connections (for the memory row), with
@@ -252,6 +257,7 @@ pub fn heap_bytes() -> Option<u64> {
 /// session on the process's shared one ([`Factory::connect_shared`]).
 pub async fn herd(factory: &dyn Factory, waiters: usize, own: bool) -> BResult<Value> {
     let name = lock_name(if own { "herd-own" } else { "herd" });
+    let notified_before = factory.notifications_received();
     let holder = factory.connect_shared().await?;
     let held = holder.lock(&name).await?;
     let rss_before = rss_kib();
@@ -317,6 +323,19 @@ pub async fn herd(factory: &dyn Factory, waiters: usize, own: bool) -> BResult<V
     }
     if let (Some(a), Some(b)) = (wakeups_before, factory.client_wakeups()) {
         out.insert("client_wakeups".into(), json!(b - a));
+    }
+    if let (Some(a), Some(b)) = (notified_before, factory.notifications_received()) {
+        // The whole herd (queueing, releases), counted where it arrives: every LISTEN
+        // connection involved is this process's shared one.
+        out.insert("listener_notifications".into(), json!(b - a));
+        out.insert(
+            "notifications_per_release".into(),
+            json!(round3((b - a) as f64 / (waiters + 1) as f64)),
+        );
+        out.insert(
+            "notifications_counted".into(),
+            json!("NOTIFYs received by the harness's LISTEN connection"),
+        );
     }
     for l in &lockers {
         l.close().await?;

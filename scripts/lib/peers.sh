@@ -3,7 +3,9 @@
 #
 # peers_setup [--quick]: fills the array peer_args with "BACKEND:--peer=NAME=COMMAND" or
 # "BACKEND:--unavailable=NAME=REASON" entries for `queuelock-bench run`. A peer that
-# cannot be installed or built is reported with the reason, never dropped.
+# cannot be installed or built is reported with the reason, never dropped. A REASON that
+# starts with "not built:" is a decision (written in the results), not a set-up failure:
+# `scripts/bench --setup-only` fails on every other.
 
 source scripts/lib/curator.sh
 
@@ -38,6 +40,45 @@ peers_python() {
   else
     peer_unavailable etcd "etcd3 Lock (Python)" "pip install etcd3==0.12.0 protobuf==3.20.3 tenacity==6.3.1 failed"
   fi
+}
+
+# The Redis peers in Python: redis-py's Lock, python-redis-lock, pottery's Redlock (one
+# master), in one virtualenv.
+peers_python_redis() {
+  local venv="$QL_CACHE/bench-redis-venv" py=bench/peers/python/locks.py
+  local names=("redis-py Lock (Python)=redispy" "python-redis-lock (Python)=redis-lock" "pottery Redlock, one master (Python)=pottery")
+  local n
+  if peers_venv "$venv" 'redis>=5,<9' 'python-redis-lock>=4,<5' 'pottery>=3,<4' >&2; then
+    for n in "${names[@]}"; do peer_ok redis "${n%%=*}" "$venv/bin/python $py ${n#*=}"; done
+  else
+    for n in "${names[@]}"; do
+      peer_unavailable redis "${n%%=*}" "pip install redis python-redis-lock pottery failed"
+    done
+  fi
+}
+
+# node's redis-semaphore Mutex (npm, over ioredis), installed into the cache (never into
+# the repository: no node_modules, no lockfile); Debian's nodejs/npm when node is missing.
+peers_node() {
+  local name="redis-semaphore Mutex (node)" dir="$QL_CACHE/node-peers" log="$PEERS_BUILD/npm.log"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    ql_apt_install nodejs npm >&2 || { peer_unavailable redis "$name" "apt-get install nodejs npm failed"; return 0; }
+  fi
+  mkdir -p "$dir"
+  if [ -f "$dir/node_modules/redis-semaphore/package.json" ] && [ -f "$dir/node_modules/ioredis/package.json" ] ||
+    (cd "$dir" && npm install --no-save --no-package-lock --no-audit --no-fund --silent 'redis-semaphore@5' 'ioredis@5') >"$log" 2>&1; then
+    peer_ok redis "$name" "env NODE_PATH=$dir/node_modules node bench/peers/node/redis-semaphore.js"
+  else
+    peer_unavailable redis "$name" "npm install redis-semaphore@5 ioredis@5 failed: $(tail -n 3 "$log" | tr '\n' ' ')"
+  fi
+}
+
+# A Rust Redlock: rslock, the maintained crate, is built on redis 1.x (0.8-0.10) or 0.27
+# (0.6-0.7), queuelock's backend on redis 0.32: a second Redis client crate in the
+# build, more than "builds quickly" on the shared machine. Recorded, not dropped.
+peers_rust_redlock() {
+  peer_unavailable redis "rslock Redlock (Rust)" \
+    "not built: rslock 0.8-0.10 needs redis 1.x and 0.6-0.7 redis 0.27, while queuelock's Redis backend uses redis 0.32 (a second Redis client crate in the build)"
 }
 
 # Go concurrency.Mutex, built against Debian's etcd 3.4 client sources (GOPATH mode).
@@ -78,4 +119,7 @@ peers_setup() {
   peers_go
   peers_java
   peers_python
+  peers_python_redis
+  peers_node
+  peers_rust_redlock
 }

@@ -48,10 +48,11 @@ local all all peer
 host all +queuelock_scram 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 trust
 HBA
-  # Many test clients at once, each with a LISTEN connection and a few request connections.
+  # Many test clients at once, each with a LISTEN connection and a few request connections
+  # (PG_MAX_CONNECTIONS overrides the 600: scripts/bench's herd has a connection per waiter).
   pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_TEST_DIR/data" -l "$PG_TEST_DIR/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $PG_TEST_PORT -c unix_socket_directories=$PG_TEST_DIR \
-        -c fsync=on -c max_connections=600 -c shared_buffers=64MB" start >/dev/null || {
+        -c fsync=on -c max_connections=${PG_MAX_CONNECTIONS:-600} -c shared_buffers=64MB" start >/dev/null || {
     echo "PostgreSQL did not start; its log:" >&2; tail -n 30 "$PG_TEST_DIR/server.log" >&2; return 1; }
   pg_as_owner psql -h "$PG_TEST_DIR" -p "$PG_TEST_PORT" -U postgres -d postgres -qAt \
     -c "CREATE ROLE queuelock_scram NOLOGIN" >/dev/null || return 1

@@ -3,9 +3,14 @@
 
     locks.py LIB BACKEND ENDPOINT SCENARIO ARGS...
 
-LIB: kazoo (kazoo.recipe.lock.Lock, ZooKeeper), aetcd (aetcd Lock, etcd) or etcd3
-(python-etcd3 Lock, etcd). Scenarios and JSON output as in bench/src/scenario.rs.
-kazoo and etcd3 are blocking libraries: their calls run on threads (one per contender).
+LIB: kazoo (kazoo.recipe.lock.Lock, ZooKeeper), aetcd (aetcd Lock, etcd), etcd3
+(python-etcd3 Lock, etcd), redispy (redis-py's Lock, Redis), redis-lock
+(python-redis-lock's Lock, Redis) or pottery (pottery's Redlock on one master, Redis).
+Scenarios and JSON output as in bench/src/scenario.rs. kazoo, etcd3 and the Redis
+libraries are blocking: their calls run on threads (one per contender). The Redis locks
+run with their default waiting settings (redis-py: polls every 0.1 s; pottery: retries
+after a random 0-0.2 s; python-redis-lock: BLPOP on a signal list) and the same 15 s
+expiry as every other implementation's TTL.
 """
 import asyncio
 import concurrent.futures
@@ -167,6 +172,68 @@ class AetcdSession:
 
     async def close(self):
         await self.client.close()
+
+
+class RedisLib:
+    """The Redis locks: one redis-py client (its connection pool) for all contenders; each
+    blocking call takes a pooled connection while it runs (a waiter in BLPOP holds one)."""
+
+    note = None
+
+    def __init__(self, endpoint):
+        self.host, self.port = first_member(endpoint)
+        self.client = None
+
+    async def connect(self, shared=False):
+        import redis
+
+        if self.client is None:
+            self.client = redis.Redis(host=self.host, port=self.port)
+        return RedisSession(self, self.client)
+
+
+class RedisPyLib(RedisLib):
+    sharing = "one redis-py client (connection pool) for all; a Lock and a thread per waiter, polling every 0.1 s (the default)"
+
+    def make(self, client, name):
+        # thread_local=False: acquire and release run on different executor threads
+        # (redis-py's documented setting for passing a lock between threads).
+        lock = client.lock("redispy-bench:" + name, timeout=TTL, thread_local=False)
+        return lambda: lock.acquire(blocking=True), lock.release
+
+
+class RedisLockLib(RedisLib):
+    sharing = "one redis-py client (connection pool) for all; a Lock and a thread per waiter, each waiting in BLPOP on its own pooled connection"
+
+    def make(self, client, name):
+        import redis_lock
+
+        lock = redis_lock.Lock(client, "bench:" + name, expire=TTL)
+        return lambda: lock.acquire(blocking=True), lock.release
+
+
+class PotteryLib(RedisLib):
+    sharing = "one redis-py client (connection pool) as the single master for all; a Redlock and a thread per waiter, retrying after a random 0-0.2 s (the default)"
+
+    def make(self, client, name):
+        from pottery import Redlock
+
+        lock = Redlock(key="pottery-bench:" + name, masters={client}, auto_release_time=TTL)
+        return lambda: lock.acquire(blocking=True, timeout=-1), lock.release
+
+
+class RedisSession:
+    def __init__(self, lib, client):
+        self.lib, self.client = lib, client
+
+    async def lock(self, name):
+        acquire, release = self.lib.make(self.client, name)
+        if not await blocking(acquire):
+            raise RuntimeError(f"acquire of {name} returned False")
+        return release
+
+    async def close(self):
+        pass
 
 
 async def release_blocking_or_async(release):
@@ -385,7 +452,14 @@ async def footprint(lib, locks):
 
 async def main():
     libname, backend, endpoint, scenario, *args = sys.argv[1:]
-    libs = {"kazoo": ("zookeeper", Kazoo), "aetcd": ("etcd", Aetcd), "etcd3": ("etcd", Etcd3)}
+    libs = {
+        "kazoo": ("zookeeper", Kazoo),
+        "aetcd": ("etcd", Aetcd),
+        "etcd3": ("etcd", Etcd3),
+        "redispy": ("redis", RedisPyLib),
+        "redis-lock": ("redis", RedisLockLib),
+        "pottery": ("redis", PotteryLib),
+    }
     want, cls = libs[libname]
     if backend != want:
         sys.exit(f"{libname} runs on {want}, not {backend}")
