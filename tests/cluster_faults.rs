@@ -7,7 +7,10 @@
 //! * a holder process frozen (SIGSTOP) past its TTL loses the lock to the next waiter,
 //!   and once thawed (SIGCONT) it knows before doing anything under the old token;
 //! * (ZooKeeper) a disconnection shorter than the session timeout keeps the lock: the
-//!   session goes Suspended, then Live.
+//!   session goes Suspended, then Live;
+//! * a holder that can reach only the leader, when the leader is partitioned from the
+//!   other members (each member in a network namespace of its own): it learns of its
+//!   loss before a contender on the majority side is granted the lock.
 
 mod support;
 
@@ -45,7 +48,17 @@ fn main() {
         return;
     }
     type Test = fn(&tokio::runtime::Runtime);
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 7] = [
+        ("etcd_partitioned_leader_holder_loses_first", |rt| {
+            rt.block_on(partitioned_leader_holder_loses_first(
+                EtcdCluster::start_partitionable(3),
+            ))
+        }),
+        ("zookeeper_partitioned_leader_holder_loses_first", |rt| {
+            rt.block_on(partitioned_leader_holder_loses_first(
+                ZkEnsemble::start_partitionable(3),
+            ))
+        }),
         ("etcd_leader_killed_while_held", |rt| {
             rt.block_on(leader_killed_while_held(EtcdCluster::start(3)))
         }),
@@ -80,6 +93,73 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+}
+
+async fn partitioned_leader_holder_loses_first(cluster: impl Cluster) {
+    let leader = cluster.leader();
+    let addrs = cluster.client_addrs();
+    let majority: Vec<String> = (0..addrs.len())
+        .filter(|&i| i != leader)
+        .map(|i| addrs[i].clone())
+        .collect();
+    let root = format!("faults-{}", uuid::Uuid::new_v4().simple());
+    let query = format!("{}=3s", cluster.ttl_option());
+    // The holder reaches the leader only; the contender the two other members only.
+    let holder = Client::connect(&cluster.worker_url(&[addrs[leader].clone()], &root, &query))
+        .await
+        .expect("connect the holder");
+    let contender = Client::connect(&cluster.worker_url(&majority, &root, &query))
+        .await
+        .expect("connect the contender");
+    let g = holder
+        .mutex("partitioned")
+        .expect("name")
+        .lock()
+        .await
+        .expect("lock");
+    let held_token = g.fencing_token();
+    let peers: Vec<(usize, usize)> = (0..addrs.len())
+        .filter(|&i| i != leader)
+        .map(|i| (leader, i))
+        .collect();
+    cluster.partition(&peers).expect("partition the leader");
+    println!("member {leader} (leader) cut off from the others");
+    let (lost_at, (granted_at, next)) = tokio::join!(
+        async {
+            timeout(Duration::from_secs(30), g.lost())
+                .await
+                .expect("the cut-off holder never learned of its loss");
+            tokio::time::Instant::now()
+        },
+        async {
+            let m = contender.mutex("partitioned").expect("name");
+            let next = timeout(Duration::from_secs(60), m.lock())
+                .await
+                .expect("the majority side never granted the lock")
+                .expect("lock on the majority side");
+            (tokio::time::Instant::now(), next)
+        }
+    );
+    let leaders = cluster.leaders_claimed();
+    cluster.heal_partition();
+    assert!(
+        leaders.iter().any(|&l| l != leader),
+        "no new leader on the majority side (claimed: {leaders:?}): the partition did not take"
+    );
+    assert!(
+        lost_at < granted_at,
+        "the old holder learned of its loss {:?} after the next grant",
+        lost_at - granted_at
+    );
+    println!(
+        "holder's loss noticed {:?} before the majority's grant",
+        granted_at - lost_at
+    );
+    assert!(next.fencing_token() > held_token, "token went back");
+    next.release().await.expect("release on the majority side");
+    let _ = g.release().await;
+    let _ = holder.close().await;
+    let _ = contender.close().await;
 }
 
 async fn leader_killed_while_held(mut cluster: impl Cluster) {

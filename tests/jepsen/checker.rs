@@ -72,6 +72,8 @@ pub struct Counts {
 pub struct Verdict {
     pub counts: Counts,
     pub faults: BTreeMap<String, u64>,
+    /// Faults that were on at the same time as another one.
+    pub overlapping_faults: u64,
     pub register_final: u64,
     /// Grants that overlapped later ones because their holder was frozen, or an
     /// operator revoked its session — nothing it could hear of in advance; the
@@ -178,6 +180,12 @@ fn touches(f: &Fault, g: &Grant) -> bool {
         Some(w) => w == g.w,
         None => f.session.map_or(true, |s| s == g.session),
     }
+}
+
+/// A step of a worker's wall clock: it must not matter, so it explains nothing (a loss
+/// it caused stays unexplained, a stall it caused is not allowed for).
+fn is_clock(f: &Fault) -> bool {
+    f.kind == "clock-step"
 }
 
 /// A process pause: the nemesis's SIGSTOP, or a worker's own before an access.
@@ -431,23 +439,32 @@ pub fn check(run: &Run) -> Verdict {
     }
 
     // 5. Losses learned in time: within TTL + margin of the fault that caused them
-    //    (within the margin of the thaw, for a frozen holder).
+    //    (within the margin of the thaw, for a frozen holder). With faults overlapping,
+    //    any of them may be the cause: the loss is late only if late for each.
     let mut notice: BTreeMap<String, u64> = BTreeMap::new();
     let mut unexplained = Vec::new();
+    let allowance = |f: &Fault, g: &Grant| {
+        if is_freeze(f) {
+            (f.t1.max(g.start), margin)
+        } else {
+            (f.t0.max(g.start), ttl + margin)
+        }
+    };
     for g in gs.iter().filter(|g| g.lost) {
         let cause = faults
             .iter()
-            .filter(|f| touches(f, g) && f.t0 <= g.end && f.t1 + ttl + margin >= g.start)
-            .max_by_key(|f| f.t0);
+            .filter(|f| {
+                !is_clock(f) && touches(f, g) && f.t0 <= g.end && f.t1 + ttl + margin >= g.start
+            })
+            .max_by_key(|f| {
+                let (from, bound) = allowance(f, g);
+                (from + bound, f.t0)
+            });
         let Some(f) = cause else {
             unexplained.push(g.clone());
             continue;
         };
-        let (from, bound) = if is_freeze(f) {
-            (f.t1.max(g.start), margin)
-        } else {
-            (f.t0.max(g.start), ttl + margin)
-        };
+        let (from, bound) = allowance(f, g);
         let late = g.end.saturating_sub(from);
         let worst = notice.entry(f.kind.clone()).or_default();
         *worst = (*worst).max(late / 1000);
@@ -487,7 +504,7 @@ pub fn check(run: &Run) -> Verdict {
         let (a, b) = (pair[0], pair[1]);
         let worst_fault = faults
             .iter()
-            .filter(|f| f.t1 >= a && f.t0 <= b)
+            .filter(|f| !is_clock(f) && f.t1 >= a && f.t0 <= b)
             .map(|f| f.t1 - f.t0)
             .max()
             .unwrap_or(0);
@@ -509,12 +526,23 @@ pub fn check(run: &Run) -> Verdict {
     for f in &faults {
         *fault_counts.entry(f.kind.clone()).or_insert(0) += 1;
     }
+    let overlapping_faults = faults
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| {
+            faults
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != *i && o.t0 < f.t1 && f.t0 < o.t1)
+        })
+        .count() as u64;
     for viol in &mut v {
         viol.slice = slice(run, &faults, viol.window);
     }
     Verdict {
         counts: c,
         faults: fault_counts,
+        overlapping_faults,
         register_final: run.register_final,
         paused_overlaps: excused_holders.len() as u64,
         loss_notice_ms: notice,

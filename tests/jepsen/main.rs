@@ -57,13 +57,15 @@ struct Options {
     recheck: Option<PathBuf>,
     /// Redis' `appendfsync` (`always`; `everysec` to see what a crash loses with it).
     redis_fsync: String,
+    /// One fault at a time (no overlapping pairs).
+    single_faults: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "jepsen: {msg}\nusage: jepsen [--backend etcd|zookeeper|postgres|redis|all] \
          [--duration 2m] [--workers 5] [--ttl 4s] [--seed N] [--out DIR] \
-         [--redis-fsync always|everysec] | --recheck DIR"
+         [--redis-fsync always|everysec] [--single-faults] | --recheck DIR"
     );
     std::process::exit(2)
 }
@@ -78,6 +80,7 @@ fn options() -> Options {
         out: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("jepsen"),
         recheck: None,
         redis_fsync: "always".into(),
+        single_faults: false,
     };
     if let Ok(d) = std::env::var("QUEUELOCK_JEPSEN_DURATION") {
         o.duration = humantime::parse_duration(&d)
@@ -132,6 +135,7 @@ fn options() -> Options {
                 }
             }
             "--recheck" => o.recheck = Some(value(&a).into()),
+            "--single-faults" => o.single_faults = true,
             // What `cargo test` may pass every test binary.
             "--nocapture" | "--quiet" | "-q" | "--show-output" | "--include-ignored" => {}
             s if s.starts_with("--test-threads") || s.starts_with("--color") => {}
@@ -190,11 +194,13 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
         o.seed,
         dir.display()
     );
-    let cluster: Box<dyn Cluster + Send> = tokio::task::block_in_place(|| match backend {
-        "etcd" => Box::new(EtcdCluster::start(3)) as Box<dyn Cluster + Send>,
+    // etcd and ZooKeeper members each get a network namespace and an address of their
+    // own, so that the nemesis can partition them from each other.
+    let cluster: Box<dyn Cluster + Send + Sync> = tokio::task::block_in_place(|| match backend {
+        "etcd" => Box::new(EtcdCluster::start_partitionable(3)) as Box<dyn Cluster + Send + Sync>,
         "redis" => Box::new(RedisServer::start(&o.redis_fsync)),
         "postgres" => Box::new(PgServer::start()),
-        _ => Box::new(ZkEnsemble::start(3)),
+        _ => Box::new(ZkEnsemble::start_partitionable(3)),
     });
     let register = Register::start().await;
     let root = format!("jepsen-{}", uuid::Uuid::new_v4().simple());
@@ -237,6 +243,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
     }
     let pids = children.iter().map(Child::id).collect();
     let mut nemesis = Nemesis::new(cluster, proxies, pids, o.ttl, o.seed);
+    nemesis.single = o.single_faults;
     let hint = || register.last_access();
     let head = || {
         let (direct, lock) = (direct.clone(), lock.clone());
@@ -303,7 +310,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
         o,
         &dir,
         &verdict,
-        &nemesis.unavailable,
+        &nemesis.unavailable.lock().expect("unavailable"),
         started.elapsed(),
     );
     drop(nemesis); // stops the cluster and the proxies
@@ -397,6 +404,7 @@ fn report(
         "duration_s": o.duration.as_secs(),
         "ttl_ms": o.ttl.as_millis() as u64,
         "seed": o.seed,
+        "single_faults": o.single_faults,
         "took_s": took.as_secs(),
         "faults_unavailable": unavailable,
         "verdict": v,
@@ -408,7 +416,7 @@ fn report(
          operations: {} attempts, {} grants (per worker {:?}), {} lock timeouts, {} lock errors\n\
          register: {} reads, {} writes acknowledged, final value {}, {} accesses fenced, {} unreachable\n\
          losses learned: {}; overlaps explained by a frozen or revoked holder (fenced): {}; unexplained losses: {}\n\
-         faults: {:?}\n\
+         faults: {:?} ({} of them overlapping another)\n\
          worst loss notice (ms after fault start, or thaw): {:?}\n",
         o.duration.as_secs(),
         o.workers,
@@ -428,6 +436,7 @@ fn report(
         v.paused_overlaps,
         v.unexplained_losses.len(),
         v.faults,
+        v.overlapping_faults,
         v.loss_notice_ms,
     );
     for (k, why) in unavailable {
@@ -449,6 +458,14 @@ fn report(
 fn checker_self_test() {
     use crate::history::RegisterOp;
     let s = 1_000_000u64;
+    let fault = |kind: &str, worker: Option<usize>, t0: u64, t1: u64| Fault {
+        kind: kind.into(),
+        worker,
+        detail: "test".into(),
+        session: None,
+        t0,
+        t1,
+    };
     let grant = |w: usize, op: u64, token: u64, start: u64, end: u64, lost: bool| {
         let mut v = vec![
             Event::Invoke {
@@ -542,14 +559,7 @@ fn checker_self_test() {
     );
     assert!(kinds(&overlap).contains(&"overlap"), "overlap not flagged");
 
-    let freeze = Fault {
-        kind: "freeze".into(),
-        worker: Some(0),
-        detail: "test".into(),
-        session: None,
-        t0: s + s / 2,
-        t1: 8 * s,
-    };
+    let freeze = fault("freeze", Some(0), s + s / 2, 8 * s);
     let frozen = base(
         vec![
             with_done(grant(0, 1, 10, s, 8 * s + 1000, true), 0),
@@ -565,14 +575,7 @@ fn checker_self_test() {
     );
 
     // A self-freeze the driver noticed late: the worker's own event says when it began.
-    let noticed_late = Fault {
-        kind: "self-freeze".into(),
-        worker: Some(0),
-        detail: "test".into(),
-        session: None,
-        t0: 7 * s,
-        t1: 8 * s,
-    };
+    let noticed_late = fault("self-freeze", Some(0), 7 * s, 8 * s);
     let mut late_w0 = grant(0, 1, 10, s, 8 * s + 1000, true);
     late_w0.insert(
         2,
@@ -619,14 +622,7 @@ fn checker_self_test() {
         "lost increment not flagged"
     );
 
-    let blackhole = Fault {
-        kind: "blackhole".into(),
-        worker: Some(0),
-        detail: "test".into(),
-        session: None,
-        t0: 2 * s,
-        t1: 9 * s,
-    };
+    let blackhole = fault("blackhole", Some(0), 2 * s, 9 * s);
     let late = base(
         vec![with_done(grant(0, 1, 10, s, 2 * s + 10 * s, true), 0)],
         vec![],
@@ -635,6 +631,65 @@ fn checker_self_test() {
     assert!(
         kinds(&late).contains(&"late-loss-notice"),
         "late loss notice not flagged"
+    );
+
+    // Member partitions, overlapping faults, clock steps.
+    let partitioned_overlap = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 3 * s, true), 0),
+            with_done(grant(1, 1, 11, 2 * s, 4 * s, false), 1),
+        ],
+        vec![],
+        vec![fault("partition-leader", None, s + s / 2, 5 * s)],
+    );
+    assert!(
+        kinds(&partitioned_overlap).contains(&"overlap"),
+        "an overlap during a member partition not flagged (partitions excuse nothing)"
+    );
+    let partition_late = base(
+        vec![with_done(grant(0, 1, 10, s, 12 * s, true), 0)],
+        vec![],
+        vec![fault("partition-follower", None, 2 * s, 3 * s)],
+    );
+    assert!(
+        kinds(&partition_late).contains(&"late-loss-notice"),
+        "a loss learned TTL + margin after a partition began not flagged"
+    );
+    // A holder frozen for long, a partition starting during its freeze: the loss is
+    // learned right after the thaw, which is in time, whatever the partition says.
+    let long_freeze = fault("freeze", Some(0), s + s / 2, 12 * s);
+    let freeze_and_partition = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 13 * s, true), 0),
+            with_done(grant(1, 1, 11, 7 * s, 8 * s, false), 1),
+        ],
+        vec![],
+        vec![long_freeze, fault("partition-leader", None, 2 * s, 3 * s)],
+    );
+    assert_eq!(
+        kinds(&freeze_and_partition),
+        Vec::<&str>::new(),
+        "overlapping freeze and partition: a loss learned on the thaw flagged"
+    );
+    assert_eq!(check(&freeze_and_partition).overlapping_faults, 2);
+    let clock = fault("clock-step", Some(0), 2 * s, 2 * s);
+    let clock_loss = base(
+        vec![
+            with_done(grant(0, 1, 10, s, 3 * s, true), 0),
+            with_done(grant(1, 1, 11, 2 * s + 1, 4 * s, false), 1),
+        ],
+        vec![],
+        vec![clock],
+    );
+    let verdict = check(&clock_loss);
+    assert!(
+        verdict.violations.iter().any(|v| v.kind == "overlap"),
+        "an overlap after a wall-clock step not flagged"
+    );
+    assert_eq!(
+        verdict.unexplained_losses.len(),
+        1,
+        "a wall-clock step explained a loss"
     );
 
     let mut hung = base(vec![grant(0, 1, 10, s, 2 * s, false)], vec![], vec![]);

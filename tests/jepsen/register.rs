@@ -40,11 +40,13 @@ impl Register {
         Register { addr, state, task }
     }
 
-    /// The worker that last accessed the register (likely the holder), and how long
-    /// ago in microseconds.
-    pub fn last_access(&self) -> Option<(usize, u64)> {
+    /// The worker that last accessed the register (likely the holder), how long ago in
+    /// microseconds, and whether it wrote (a holder releases right after its write).
+    pub fn last_access(&self) -> Option<(usize, u64, bool)> {
         let s = self.state.lock().expect("register");
-        s.log.last().map(|r| (r.w, now_us().saturating_sub(r.t)))
+        s.log
+            .last()
+            .map(|r| (r.w, now_us().saturating_sub(r.t), r.write))
     }
 
     /// Every access decided so far, in order, and the final value.

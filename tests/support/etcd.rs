@@ -1,8 +1,10 @@
-//! A real etcd cluster (1 or 3 members) on 127.0.0.1.
+//! A real etcd cluster (1 or 3 members) on 127.0.0.1, or with each member in a
+//! network namespace of its own (see `netns.rs`) so that members can be partitioned.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::netns::Net;
 use super::{free_port, require_binary, TempDir};
 
 struct Member {
@@ -15,13 +17,14 @@ struct Member {
 /// The `etcd` command line for member `name` on loopback: data dir, client and peer
 /// URLs, the initial cluster; the caller adds its own flags and stderr.
 pub fn member_command(
+    program: Command,
     name: &str,
     data: &std::path::Path,
     client: &str,
     peer: &str,
     initial_cluster: &str,
 ) -> Command {
-    let mut c = Command::new("etcd");
+    let mut c = program;
     c.args(["--name", name])
         .arg("--data-dir")
         .arg(data)
@@ -51,11 +54,23 @@ pub struct EtcdCluster {
     dir: TempDir,
     members: Vec<Member>,
     initial_cluster: String,
+    /// The members' namespaces, when they have their own.
+    net: Option<Net>,
 }
 
 impl EtcdCluster {
-    /// Starts `n` members and waits until every one is healthy.
+    /// Starts `n` members on 127.0.0.1 and waits until every one is healthy.
     pub fn start(n: usize) -> Self {
+        Self::start_on(n, None)
+    }
+
+    /// Starts `n` members, each in its own network namespace with its own address, so
+    /// that [`EtcdCluster::net`] can partition them; waits until every one is healthy.
+    pub fn start_partitionable(n: usize) -> Self {
+        Self::start_on(n, Some(Net::new(n)))
+    }
+
+    fn start_on(n: usize, net: Option<Net>) -> Self {
         require_binary("etcd", "apt-get install etcd-server");
         require_binary("etcdctl", "apt-get install etcd-client");
         let dir = TempDir::new("queuelock-etcd");
@@ -67,15 +82,18 @@ impl EtcdCluster {
                 process: None,
             })
             .collect();
+        let host = |i: usize| super::netns::addr_or_loopback(net.as_ref(), i);
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .enumerate()
+            .map(|(i, m)| format!("{}=http://{}:{}", m.name, host(i), m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut c = EtcdCluster {
             dir,
             members,
             initial_cluster,
+            net,
         };
         for i in 0..n {
             c.spawn(i);
@@ -92,27 +110,49 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.0.join(format!("{}.log", m.name)))
             .expect("log file");
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = member_command(&m.name, &data, &client, &peer, &self.initial_cluster)
-            .args([
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "queuelock-test",
-            ])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .stderr(log)
-            .spawn()
-            .expect("start etcd");
+        let client = format!("http://{}:{}", self.host(i), m.client_port);
+        let peer = format!("http://{}:{}", self.host(i), m.peer_port);
+        let program = match &self.net {
+            Some(net) => net.command(i, "etcd"),
+            None => Command::new("etcd"),
+        };
+        let child = member_command(
+            program,
+            &m.name,
+            &data,
+            &client,
+            &peer,
+            &self.initial_cluster,
+        )
+        .args([
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "queuelock-test",
+        ])
+        .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+        .stderr(log)
+        .spawn()
+        .expect("start etcd");
         self.members[i].process = Some(child);
+    }
+
+    /// Member `i`'s address.
+    fn host(&self, i: usize) -> String {
+        super::netns::addr_or_loopback(self.net.as_ref(), i)
+    }
+
+    /// The members' namespaces, if they were started with their own.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
     }
 
     /// `host:port` of every member.
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .enumerate()
+            .map(|(i, m)| format!("{}:{}", self.host(i), m.client_port))
             .collect()
     }
 
@@ -181,20 +221,30 @@ impl EtcdCluster {
         }
     }
 
+    /// Every running member that says it is the leader right now (a partitioned old
+    /// leader may, until it steps down).
+    pub fn leaders_claimed(&self) -> Vec<usize> {
+        self.alive()
+            .into_iter()
+            .filter(|&i| self.claims_leader(i) == Some(true))
+            .collect()
+    }
+
+    fn claims_leader(&self, i: usize) -> Option<bool> {
+        let json = self.etcdctl(
+            &[self.endpoints()[i].clone()],
+            &["endpoint", "status", "-w", "json"],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+        let st = &v[0]["Status"];
+        let (me, leader) = (st["header"]["member_id"].as_u64()?, st["leader"].as_u64()?);
+        Some(leader != 0 && me == leader)
+    }
+
     fn try_leader(&self) -> Option<usize> {
-        for i in self.alive() {
-            let json = self.etcdctl(
-                &[self.endpoints()[i].clone()],
-                &["endpoint", "status", "-w", "json"],
-            )?;
-            let v: serde_json::Value = serde_json::from_str(&json).ok()?;
-            let st = &v[0]["Status"];
-            let (me, leader) = (st["header"]["member_id"].as_u64()?, st["leader"].as_u64()?);
-            if leader != 0 && me == leader {
-                return Some(i);
-            }
-        }
-        None
+        self.alive()
+            .into_iter()
+            .find(|&i| self.claims_leader(i) == Some(true))
     }
 
     /// The index of the current leader (waits for an election).

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod interop;
+pub mod netns;
 pub mod postgres;
 pub mod redis;
 pub mod secure;
@@ -35,6 +36,21 @@ pub trait Cluster {
     /// Ends, from the server side, the session that owns the queue node `key` (as an
     /// operator would); `Err` says why the backend cannot.
     fn admin_expire(&self, key: &str) -> Result<String, String>;
+    /// How many members (servers) it has.
+    fn members(&self) -> usize {
+        1
+    }
+    /// Cuts each pair of members in `pairs` off from each other, both ways, on top of
+    /// what is cut already; `Err` says why the cluster cannot.
+    fn partition(&self, _pairs: &[(usize, usize)]) -> Result<(), String> {
+        Err("a single server: no members to partition".into())
+    }
+    /// Heals every partition between members.
+    fn heal_partition(&self) {}
+    /// Every member that claims to lead right now.
+    fn leaders_claimed(&self) -> Vec<usize> {
+        Vec::new()
+    }
     /// A worker's URL: through `hosts` (its proxies), under `root`, with `query`.
     fn worker_url(&self, hosts: &[String], root: &str, query: &str) -> String {
         format!("{}://{}/{root}?{query}", self.scheme(), hosts.join(","))
@@ -84,6 +100,31 @@ impl Cluster for postgres::PgServer {
     }
 }
 
+/// The partition methods of a cluster whose members may have namespaces of their own
+/// (`net()`), the same for etcd and ZooKeeper.
+macro_rules! member_partitions {
+    ($t:path) => {
+        fn members(&self) -> usize {
+            self.client_addrs().len()
+        }
+        fn partition(&self, pairs: &[(usize, usize)]) -> Result<(), String> {
+            let net = self
+                .net()
+                .ok_or("members share 127.0.0.1: start the cluster with start_partitionable")?;
+            net.cut(pairs);
+            Ok(())
+        }
+        fn heal_partition(&self) {
+            if let Some(net) = self.net() {
+                net.heal();
+            }
+        }
+        fn leaders_claimed(&self) -> Vec<usize> {
+            <$t>::leaders_claimed(self)
+        }
+    };
+}
+
 impl Cluster for etcd::EtcdCluster {
     fn url(&self, root: &str, query: &str) -> String {
         etcd::EtcdCluster::url(self, root, query)
@@ -112,6 +153,7 @@ impl Cluster for etcd::EtcdCluster {
     fn admin_expire(&self, key: &str) -> Result<String, String> {
         etcd::EtcdCluster::revoke_lease_of(self, key)
     }
+    member_partitions!(etcd::EtcdCluster);
 }
 
 impl Cluster for zookeeper::ZkEnsemble {
@@ -144,6 +186,7 @@ impl Cluster for zookeeper::ZkEnsemble {
         // is no operator command for it in ZooKeeper 3.8.
         Err("ZooKeeper has no administrative session expiry".into())
     }
+    member_partitions!(zookeeper::ZkEnsemble);
 }
 
 /// Waits until the queue of lock `name` holds exactly `n` nodes, seen through `observer`.

@@ -107,6 +107,7 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.0.join("etcd.log")).expect("log");
         let child = super::etcd::member_command(
+            Command::new("etcd"),
             "sec",
             &dir.0.join("data"),
             &client,

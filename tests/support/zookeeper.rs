@@ -1,10 +1,13 @@
-//! A real ZooKeeper ensemble (1 or 3 servers) on 127.0.0.1, run with Debian's jars.
+//! A real ZooKeeper ensemble (1 or 3 servers) on 127.0.0.1, or with each server in a
+//! network namespace of its own (see `netns.rs`) so that servers can be partitioned;
+//! run with Debian's jars.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::netns::Net;
 use super::{free_port, require_binary, TempDir};
 
 pub const CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar";
@@ -19,11 +22,18 @@ struct Server {
 pub struct ZkEnsemble {
     dir: TempDir,
     servers: Vec<Server>,
+    /// The servers' namespaces, when they have their own.
+    net: Option<Net>,
 }
 
-/// Sends a four-letter word; `None` if the server does not answer.
+/// Sends a four-letter word to 127.0.0.1:`port`; `None` if the server does not answer.
 pub fn four_letter(port: u16, word: &str) -> Option<String> {
-    let addr = format!("127.0.0.1:{port}").parse().ok()?;
+    four_letter_at("127.0.0.1", port, word)
+}
+
+/// Sends a four-letter word to `host:port`; `None` if the server does not answer.
+pub fn four_letter_at(host: &str, port: u16, word: &str) -> Option<String> {
+    let addr = format!("{host}:{port}").parse().ok()?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     s.write_all(word.as_bytes()).ok()?;
@@ -33,8 +43,18 @@ pub fn four_letter(port: u16, word: &str) -> Option<String> {
 }
 
 impl ZkEnsemble {
-    /// Starts `n` servers (standalone when 1) and waits until all serve.
+    /// Starts `n` servers (standalone when 1) on 127.0.0.1 and waits until all serve.
     pub fn start(n: usize) -> Self {
+        Self::start_on(n, None)
+    }
+
+    /// Starts `n` servers, each in its own network namespace with its own address, so
+    /// that [`ZkEnsemble::net`] can partition them; waits until all serve.
+    pub fn start_partitionable(n: usize) -> Self {
+        Self::start_on(n, Some(Net::new(n)))
+    }
+
+    fn start_on(n: usize, net: Option<Net>) -> Self {
         require_binary("java", "apt-get install default-jre-headless");
         assert!(
             std::path::Path::new("/usr/share/java/zookeeper.jar").is_file(),
@@ -51,26 +71,28 @@ impl ZkEnsemble {
                 process: None,
             })
             .collect();
-        for s in &servers {
+        let host = |i: usize| super::netns::addr_or_loopback(net.as_ref(), i);
+        for (si, s) in servers.iter().enumerate() {
             let sdir = dir.0.join(format!("s{}", s.id));
             std::fs::create_dir_all(sdir.join("data")).expect("data dir");
             std::fs::write(sdir.join("data/myid"), s.id.to_string()).expect("myid");
             let mut cfg = format!(
                 "tickTime=200\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={}\n\
-                 clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
+                 clientPortAddress={}\nadmin.enableServer=false\n\
                  4lw.commands.whitelist=ruok,srvr,stat,mntr\nminSessionTimeout=400\n\
                  maxSessionTimeout=60000\nmaxClientCnxns=0\n",
                 sdir.join("data").display(),
-                s.client_port
+                s.client_port,
+                host(si)
             );
             if n > 1 {
                 for (i, (_, peer, election)) in ports.iter().enumerate() {
-                    cfg.push_str(&format!("server.{}=127.0.0.1:{peer}:{election}\n", i + 1));
+                    cfg.push_str(&format!("server.{}={}:{peer}:{election}\n", i + 1, host(i)));
                 }
             }
             std::fs::write(sdir.join("zoo.cfg"), cfg).expect("zoo.cfg");
         }
-        let mut e = ZkEnsemble { dir, servers };
+        let mut e = ZkEnsemble { dir, servers, net };
         for i in 0..n {
             e.spawn(i);
         }
@@ -85,7 +107,11 @@ impl ZkEnsemble {
             .append(true)
             .open(sdir.join("server.log"))
             .expect("log");
-        let child = Command::new("java")
+        let mut java = match &self.net {
+            Some(net) => net.command(i, "java"),
+            None => Command::new("java"),
+        };
+        let child = java
             .args(["-Xmx256m", "-cp", CLASSPATH])
             .arg(format!("-Dzookeeper.log.dir={}", sdir.display()))
             .arg("org.apache.zookeeper.server.quorum.QuorumPeerMain")
@@ -97,11 +123,22 @@ impl ZkEnsemble {
         self.servers[i].process = Some(child);
     }
 
+    /// Server `i`'s address.
+    fn host(&self, i: usize) -> String {
+        super::netns::addr_or_loopback(self.net.as_ref(), i)
+    }
+
+    /// The servers' namespaces, if they were started with their own.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
     /// `host:port` of every server, comma-separated.
     pub fn hosts(&self) -> String {
         self.servers
             .iter()
-            .map(|s| format!("127.0.0.1:{}", s.client_port))
+            .enumerate()
+            .map(|(i, s)| format!("{}:{}", self.host(i), s.client_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -112,7 +149,7 @@ impl ZkEnsemble {
     }
 
     fn mode(&self, i: usize) -> Option<String> {
-        let out = four_letter(self.servers[i].client_port, "srvr")?;
+        let out = four_letter_at(&self.host(i), self.servers[i].client_port, "srvr")?;
         out.lines()
             .find_map(|l| l.strip_prefix("Mode: "))
             .map(str::to_owned)
@@ -135,6 +172,15 @@ impl ZkEnsemble {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Every running server that says it leads right now (a partitioned old leader may,
+    /// until it gives up).
+    pub fn leaders_claimed(&self) -> Vec<usize> {
+        (0..self.servers.len())
+            .filter(|&i| self.servers[i].process.is_some())
+            .filter(|&i| self.mode(i).as_deref() == Some("leader"))
+            .collect()
     }
 
     /// The index of the current leader (waits for an election).
