@@ -81,7 +81,12 @@ async fn child_main() {
     // clock; otherwise the contender is the parent, on the real clock.
     let (holder, contender) = if url == "memory://" {
         let store = MemoryBackend::new();
-        let open = || Client::new(Arc::new(store.clone()), ClientOptions::default().with_ttl(TTL));
+        let open = || {
+            Client::new(
+                Arc::new(store.clone()),
+                ClientOptions::default().with_ttl(TTL),
+            )
+        };
         (open(), Some(open()))
     } else {
         (Client::connect(&url).await.expect("connect"), None)
@@ -97,7 +102,12 @@ async fn child_main() {
     if let Some(c) = contender {
         let (granted, n) = (granted.clone(), name.clone());
         tokio::spawn(async move {
-            let g = c.mutex(&n).expect("name").lock().await.expect("contender lock");
+            let g = c
+                .mutex(&n)
+                .expect("name")
+                .lock()
+                .await
+                .expect("contender lock");
             *granted.lock().expect("granted") = Some((g.fencing_token(), Instant::now()));
             std::future::pending::<()>().await;
         });
@@ -196,8 +206,12 @@ impl Holder {
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { return };
-                if let Some(l) = line.strip_prefix("clock: ") {
-                    if tx.send((Instant::now(), l.to_owned())).is_err() {
+                // (libtest may print its "test NAME ... " before the first line.)
+                if let Some(at) = line.find("clock: ") {
+                    if tx
+                        .send((Instant::now(), line[at + 7..].to_owned()))
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -213,7 +227,10 @@ impl Holder {
         h.token = held[1].parse().expect("token");
         let child_wall: i64 = held[2].parse().expect("wall");
         let offset = child_wall - wall_ms();
-        assert!(offset.abs() < 2_000, "child's clock starts off by {offset} ms");
+        assert!(
+            offset.abs() < 2_000,
+            "child's clock starts off by {offset} ms"
+        );
         h
     }
 
@@ -226,7 +243,7 @@ impl Holder {
     /// The next line, which must start with `what` (split on whitespace).
     fn expect(&mut self, what: &str, within: Duration) -> Vec<String> {
         let (_, line) = self.next(within).unwrap_or_else(|| {
-            panic!("the holder said nothing for {within:?} (waiting for {what:?})")
+            panic!("the holder said nothing for {within:?} or exited (waiting for {what:?})")
         });
         let f: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         assert_eq!(f[0], what, "the holder said {line:?}");
@@ -276,7 +293,9 @@ impl Drop for Holder {
 /// The steps, seconds from real time: +2 h, -3 h, +1 day, back.
 const STEPS: [i64; 4] = [2 * 3600, -3 * 3600, 86_400, 0];
 
-async fn client_clock_steps(test: &str, url: &str, name: &str) {
+async fn client_clock_steps(test: &str, url: String) {
+    let (url, name) = (url.as_str(), unique("clock"));
+    let name = name.as_str();
     let clock = FakeClock::new();
     let mut h = Holder::start(test, url, name, Some(&clock));
     let in_process = url == "memory://";
@@ -288,7 +307,12 @@ async fn client_clock_steps(test: &str, url: &str, name: &str) {
         let n = name.to_owned();
         let c2 = c.clone();
         let task = tokio::spawn(async move {
-            let g = c2.mutex(&n).expect("name").lock().await.expect("contender lock");
+            let g = c2
+                .mutex(&n)
+                .expect("name")
+                .lock()
+                .await
+                .expect("contender lock");
             (g.fencing_token(), Instant::now(), g)
         });
         support::await_queue_len(&c, name, 2).await;
@@ -313,17 +337,30 @@ async fn client_clock_steps(test: &str, url: &str, name: &str) {
             "the child's monotonic clock moved {dm} ms in {dr} ms of real time"
         );
         (last_mono, last_real) = (mono, real);
-        assert!(!lost, "the holder lost its lock after a wall-clock step of {off} s");
-        assert!(!granted, "the in-process contender was granted during the hold");
+        assert!(
+            !lost,
+            "the holder lost its lock after a wall-clock step of {off} s"
+        );
+        assert!(
+            !granted,
+            "the in-process contender was granted during the hold"
+        );
         if let Some((_, task)) = &contender {
-            assert!(!task.is_finished(), "the contender was granted during the hold (step {off} s)");
+            assert!(
+                !task.is_finished(),
+                "the contender was granted during the hold (step {off} s)"
+            );
         }
     }
     assert!(hold_start.elapsed() >= TTL * 3, "held for less than 3 TTLs");
     assert!(h.next(Duration::ZERO).is_none(), "the holder said more");
     h.send("release");
     let released = Instant::now();
-    assert_eq!(h.expect("released", Duration::from_secs(10))[1], "true", "release failed: the lock had been lost");
+    assert_eq!(
+        h.expect("released", Duration::from_secs(10))[1],
+        "true",
+        "release failed: the lock had been lost"
+    );
     match contender {
         None => {
             let f = h.expect("contender", TTL * 2);
@@ -347,51 +384,53 @@ async fn client_clock_steps(test: &str, url: &str, name: &str) {
     h.finish();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_client_wall_clock_steps_keep_the_lock() {
-    if child_role() {
-        return;
-    }
-    let test = "memory_client_wall_clock_steps_keep_the_lock";
-    client_clock_steps(test, "memory://", &unique("clock")).await;
+/// A test run in the parent's role (the child's when `QUEUELOCK_CLOCK_ROLE` is set): a
+/// plain `#[test]`, since the child builds its own runtime.
+macro_rules! clock_test {
+    ($(#[$doc:meta])* $name:ident, |$test:ident| $body:expr) => {
+        $(#[$doc])*
+        #[test]
+        fn $name() {
+            if child_role() {
+                return;
+            }
+            let $test = stringify!($name);
+            runtime().block_on($body);
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn etcd_client_wall_clock_steps_keep_the_lock() {
-    if child_role() {
-        return;
-    }
-    let test = "etcd_client_wall_clock_steps_keep_the_lock";
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+clock_test!(memory_client_wall_clock_steps_keep_the_lock, |test| {
+    client_clock_steps(test, "memory://".to_owned())
+});
+
+clock_test!(etcd_client_wall_clock_steps_keep_the_lock, |test| {
     let url = format!("etcd://{}/clock?ttl=2s", env("QUEUELOCK_TEST_ETCD"));
-    client_clock_steps(test, &url, &unique("clock")).await;
-}
+    client_clock_steps(test, url)
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zookeeper_client_wall_clock_steps_keep_the_lock() {
-    if child_role() {
-        return;
-    }
-    let test = "zookeeper_client_wall_clock_steps_keep_the_lock";
+clock_test!(zookeeper_client_wall_clock_steps_keep_the_lock, |test| {
     let url = format!("zk://{}/clock?session_timeout=2s", env("QUEUELOCK_TEST_ZK"));
-    client_clock_steps(test, &url, &unique("clock")).await;
-}
+    client_clock_steps(test, url)
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_client_wall_clock_steps_keep_the_lock() {
-    if child_role() {
-        return;
-    }
-    let test = "postgres_client_wall_clock_steps_keep_the_lock";
+clock_test!(postgres_client_wall_clock_steps_keep_the_lock, |test| {
     let url = format!("{}?schema=clock&ttl=2s", env("QUEUELOCK_TEST_POSTGRES"));
-    client_clock_steps(test, &url, &unique("clock")).await;
-}
+    client_clock_steps(test, url)
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_client_wall_clock_steps_keep_the_lock() {
-    if child_role() {
-        return;
-    }
-    let test = "redis_client_wall_clock_steps_keep_the_lock";
-    let url = format!("redis://{}/0?prefix=clock&ttl=2s", env("QUEUELOCK_TEST_REDIS"));
-    client_clock_steps(test, &url, &unique("clock")).await;
-}
+clock_test!(redis_client_wall_clock_steps_keep_the_lock, |test| {
+    let url = format!(
+        "redis://{}/0?prefix=clock&ttl=2s",
+        env("QUEUELOCK_TEST_REDIS")
+    );
+    client_clock_steps(test, url)
+});
