@@ -187,7 +187,7 @@ impl Holder {
     /// Starts a child (test `test` of this binary) holding lock `name` through `url`,
     /// under `clock` if given, and
     /// waits for its grant.
-    fn start(test: &str, url: &str, name: &str, clock: Option<&FakeClock>) -> Holder {
+    async fn start(test: &str, url: &str, name: &str, clock: Option<&FakeClock>) -> Holder {
         let mut cmd = Command::new(std::env::current_exe().expect("exe"));
         // Only this test, in the child's role.
         cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -223,7 +223,7 @@ impl Holder {
             lines: rx,
             token: 0,
         };
-        let held = h.expect("held", Duration::from_secs(30));
+        let held = h.expect("held", Duration::from_secs(30)).await;
         h.token = held[1].parse().expect("token");
         let child_wall: i64 = held[2].parse().expect("wall");
         let offset = child_wall - wall_ms();
@@ -241,8 +241,8 @@ impl Holder {
     }
 
     /// The next line, which must start with `what` (split on whitespace).
-    fn expect(&mut self, what: &str, within: Duration) -> Vec<String> {
-        let (_, line) = self.next(within).unwrap_or_else(|| {
+    async fn expect(&mut self, what: &str, within: Duration) -> Vec<String> {
+        let (_, line) = self.next(within).await.unwrap_or_else(|| {
             panic!("the holder said nothing for {within:?} or exited (waiting for {what:?})")
         });
         let f: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
@@ -250,14 +250,26 @@ impl Holder {
         f
     }
 
-    fn next(&mut self, within: Duration) -> Option<(Instant, String)> {
-        self.lines.recv_timeout(within).ok()
+    /// The next line within `within`, polled so that the runtime's workers stay free
+    /// (the scenarios run side by side on one runtime).
+    async fn next(&mut self, within: Duration) -> Option<(Instant, String)> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.lines.try_recv() {
+                Ok(line) => return Some(line),
+                Err(mpsc::TryRecvError::Disconnected) => return None,
+                Err(mpsc::TryRecvError::Empty) if Instant::now() >= deadline => return None,
+                Err(mpsc::TryRecvError::Empty) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+            }
+        }
     }
 
     /// `probe`: (child's wall clock ms, child's monotonic ms, lost, contender granted).
-    fn probe(&mut self) -> (i64, u128, bool, bool) {
+    async fn probe(&mut self) -> (i64, u128, bool, bool) {
         self.send("probe");
-        let f = self.expect("probe", Duration::from_secs(10));
+        let f = self.expect("probe", Duration::from_secs(10)).await;
         (
             f[1].parse().expect("wall"),
             f[2].parse().expect("mono"),
@@ -297,7 +309,7 @@ async fn client_clock_steps(test: &str, url: String) {
     let (url, name) = (url.as_str(), unique("clock"));
     let name = name.as_str();
     let clock = FakeClock::new();
-    let mut h = Holder::start(test, url, name, Some(&clock));
+    let mut h = Holder::start(test, url, name, Some(&clock)).await;
     let in_process = url == "memory://";
     // The contender on the real clock (memory: the child's own, under the fake one).
     let contender = if in_process {
@@ -319,12 +331,12 @@ async fn client_clock_steps(test: &str, url: String) {
         Some((c, task))
     };
     let hold_start = Instant::now();
-    let (_, mut last_mono, _, _) = h.probe();
+    let (_, mut last_mono, _, _) = h.probe().await;
     let mut last_real = Instant::now();
     for off in STEPS {
         clock.set_offset(off);
         tokio::time::sleep(TTL * 4 / 5).await;
-        let (wall, mono, lost, granted) = h.probe();
+        let (wall, mono, lost, granted) = h.probe().await;
         let real = Instant::now();
         let seen = wall - wall_ms();
         assert!(
@@ -353,17 +365,20 @@ async fn client_clock_steps(test: &str, url: String) {
         }
     }
     assert!(hold_start.elapsed() >= TTL * 3, "held for less than 3 TTLs");
-    assert!(h.next(Duration::ZERO).is_none(), "the holder said more");
+    assert!(
+        h.next(Duration::ZERO).await.is_none(),
+        "the holder said more"
+    );
     h.send("release");
     let released = Instant::now();
     assert_eq!(
-        h.expect("released", Duration::from_secs(10))[1],
+        h.expect("released", Duration::from_secs(10)).await[1],
         "true",
         "release failed: the lock had been lost"
     );
     match contender {
         None => {
-            let f = h.expect("contender", TTL * 2);
+            let f = h.expect("contender", TTL * 2).await;
             let t: u64 = f[1].parse().expect("token");
             assert!(t > h.token, "fencing token went from {} to {t}", h.token);
         }
@@ -408,29 +423,308 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-clock_test!(memory_client_wall_clock_steps_keep_the_lock, |test| {
-    client_clock_steps(test, "memory://".to_owned())
-});
+// ---------------------------------------------------------------------------------------
+// Server wall clock: PostgreSQL and Redis.
 
-clock_test!(etcd_client_wall_clock_steps_keep_the_lock, |test| {
-    let url = format!("etcd://{}/clock?ttl=2s", env("QUEUELOCK_TEST_ETCD"));
-    client_clock_steps(test, url)
-});
+/// What happened after the server's clock was stepped forward past the TTL.
+#[derive(Debug)]
+struct ForwardStep {
+    /// When the holder's `lost()` resolved, after the step.
+    holder_lost: Option<Duration>,
+    /// When the contender's `lock()` returned, after the step, and with what.
+    contender: Option<(Duration, Result<u64, String>)>,
+    /// The old holder's fenced write afterwards.
+    fenced_write: String,
+    /// Whether the contender's own hold was lost within a TTL of its grant.
+    contender_lost: Option<bool>,
+}
 
-clock_test!(zookeeper_client_wall_clock_steps_keep_the_lock, |test| {
-    let url = format!("zk://{}/clock?session_timeout=2s", env("QUEUELOCK_TEST_ZK"));
-    client_clock_steps(test, url)
-});
-
-clock_test!(postgres_client_wall_clock_steps_keep_the_lock, |test| {
-    let url = format!("{}?schema=clock&ttl=2s", env("QUEUELOCK_TEST_POSTGRES"));
-    client_clock_steps(test, url)
-});
-
-clock_test!(redis_client_wall_clock_steps_keep_the_lock, |test| {
-    let url = format!(
-        "redis://{}/0?prefix=clock&ttl=2s",
-        env("QUEUELOCK_TEST_REDIS")
+async fn server_clock_forward(test: &str, url: String, clock: &FakeClock) -> ForwardStep {
+    let name = unique("clock-fwd");
+    let mut h = Holder::start(test, &url, &name, None).await;
+    let c = Client::connect(&url).await.expect("connect");
+    let (n, c2) = (name.clone(), c.clone());
+    let contender = tokio::spawn(async move {
+        let r = c2.mutex(&n).expect("name").lock().await;
+        let at = Instant::now();
+        (at, r)
+    });
+    support::await_queue_len(&c, &name, 2).await;
+    tokio::time::sleep(TTL / 2).await;
+    let step = Instant::now();
+    clock.set_offset(3600);
+    let deadline = step + TTL * 4;
+    let mut holder_lost = None;
+    let mut grant = None;
+    let mut contender_guard = None;
+    let mut contender = Some(contender);
+    while Instant::now() < deadline && (holder_lost.is_none() || contender.is_some()) {
+        if let Some((at, line)) = h.next(Duration::from_millis(5)).await {
+            assert!(line.starts_with("lost"), "the holder said {line:?}");
+            holder_lost = Some(at.duration_since(step));
+        }
+        if contender.as_ref().is_some_and(|t| t.is_finished()) {
+            let (at, r) = contender
+                .take()
+                .expect("task")
+                .await
+                .expect("contender panicked");
+            let r = r.map(|g| {
+                let t = g.fencing_token();
+                contender_guard = Some(g);
+                t
+            });
+            grant = Some((at.duration_since(step), r.map_err(|e| e.to_string())));
+        }
+    }
+    h.send("write");
+    let write = h.expect("write", Duration::from_secs(10)).await.join(" ");
+    let mut contender_lost = None;
+    if let Some(g) = contender_guard {
+        let lost = tokio::time::timeout(TTL, g.lost()).await.is_ok();
+        contender_lost = Some(lost);
+        let _ = g.release().await;
+    }
+    let out = ForwardStep {
+        holder_lost,
+        contender: grant,
+        fenced_write: write,
+        contender_lost,
+    };
+    eprintln!(
+        "{test}: {out:?} (holder token {}; the contender's own hold lost within a TTL: {:?})",
+        h.token, out.contender_lost
     );
-    client_clock_steps(test, url)
-});
+    // Every session ended at the step: the holder learns at its next keep-alive (one
+    // interval, TTL/3).
+    let lost = out
+        .holder_lost
+        .expect("the holder never learned its session had ended");
+    assert!(
+        lost < KEEPALIVE + SLACK,
+        "the holder learned {lost:?} after the step"
+    );
+    let (granted, token) = match &out.contender {
+        Some((at, Ok(t))) => (*at, *t),
+        other => panic!("the contender was not granted after the step: {other:?}"),
+    };
+    assert!(
+        granted < TTL,
+        "the contender was granted {granted:?} after the step"
+    );
+    assert!(
+        token > h.token,
+        "fencing token went from {} to {token}",
+        h.token
+    );
+    // The contender may be granted before the old holder learns: never by more than one
+    // keep-alive interval.
+    if granted < lost {
+        assert!(
+            lost - granted < KEEPALIVE,
+            "overlap of {:?}",
+            lost - granted
+        );
+    }
+    // And the old holder's guarded writes are refused from then on.
+    assert!(
+        out.fenced_write.starts_with("write refused"),
+        "the old holder's fenced write after the step: {}",
+        out.fenced_write
+    );
+    out
+}
+
+/// The PostgreSQL and Redis backends' keep-alive interval (TTL/3).
+const KEEPALIVE: Duration = Duration::from_millis(667);
+/// Scheduling and round-trip allowance on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(500);
+
+/// What happened while the server's clock was stepped back.
+#[derive(Debug)]
+struct BackwardStep {
+    /// The contender's grant after the live holder released (stepped back by an hour).
+    grant_after_release: Duration,
+    /// The contender's grant after a holder was killed and the clock stepped back by
+    /// [`BACK`] at once.
+    grant_after_crash: Duration,
+}
+
+/// The extra step back at the crash.
+const BACK: Duration = Duration::from_secs(3);
+
+/// A contender for `name` on `url`; resolves to its grant's instant and token.
+async fn contend(url: &str, name: &str) -> tokio::task::JoinHandle<(Instant, u64)> {
+    let c = Client::connect(url).await.expect("connect");
+    let (n, c2) = (name.to_owned(), c.clone());
+    let task = tokio::spawn(async move {
+        let g = c2
+            .mutex(&n)
+            .expect("name")
+            .lock()
+            .await
+            .expect("contender lock");
+        let at = Instant::now();
+        let t = g.fencing_token();
+        g.release().await.expect("contender release");
+        (at, t)
+    });
+    support::await_queue_len(&c, name, 2).await;
+    task
+}
+
+async fn server_clock_backward(test: &str, url: String, clock: &FakeClock) -> BackwardStep {
+    // A live holder: its keep-alives rewrite its expiry on the new clock.
+    let name = unique("clock-back");
+    let mut h = Holder::start(test, &url, &name, None).await;
+    let contender = contend(&url, &name).await;
+    clock.set_offset(-3600);
+    for _ in 0..2 {
+        tokio::time::sleep(TTL).await;
+        let (_, _, lost, _) = h.probe().await;
+        assert!(
+            !lost,
+            "the holder lost its lock after the server's clock went back"
+        );
+        assert!(
+            !contender.is_finished(),
+            "the contender was granted during the hold"
+        );
+    }
+    h.send("release");
+    let released = Instant::now();
+    assert_eq!(
+        h.expect("released", Duration::from_secs(10)).await[1],
+        "true"
+    );
+    let (at, token) = tokio::time::timeout(TTL * 2, contender)
+        .await
+        .expect("the contender was not granted after the release")
+        .expect("contender panicked");
+    assert!(
+        token > h.token,
+        "fencing token went from {} to {token}",
+        h.token
+    );
+    let grant_after_release = at.duration_since(released);
+    h.finish();
+    // A holder killed, and the server's clock stepped back by BACK at that moment: its
+    // session row / key was written on the clock before the step.
+    let name = unique("clock-crash");
+    let h = Holder::start(test, &url, &name, None).await;
+    let contender = contend(&url, &name).await;
+    tokio::time::sleep(KEEPALIVE).await;
+    let crashed = Instant::now();
+    h.crash();
+    clock.set_offset(-3600 - BACK.as_secs() as i64);
+    let (at, _) = tokio::time::timeout(BACK + TTL * 4, contender)
+        .await
+        .expect("the crashed holder's lock never passed on")
+        .expect("contender panicked");
+    let out = BackwardStep {
+        grant_after_release,
+        grant_after_crash: at.duration_since(crashed),
+    };
+    eprintln!("{test}: {out:?}");
+    assert!(
+        out.grant_after_release < TTL,
+        "the contender was granted {:?} after the release",
+        out.grant_after_release
+    );
+    // The dead holder's session outlives it by the step back: until the server's clock
+    // reaches the expiry written before the step (a TTL after its last keep-alive).
+    let crash = out.grant_after_crash;
+    assert!(
+        crash >= BACK + TTL - KEEPALIVE && crash < BACK + TTL + SLACK * 2,
+        "the crashed holder's lock passed on after {crash:?} (step back {BACK:?}, TTL {TTL:?})"
+    );
+    out
+}
+
+/// Runs `scenarios` at once (they mostly wait, so the test takes as long as the longest
+/// of them), then fails naming every one that failed.
+async fn all(scenarios: Vec<(&'static str, tokio::task::JoinHandle<()>)>) {
+    let mut failed = Vec::new();
+    for (what, task) in scenarios {
+        match task.await {
+            Ok(()) => eprintln!("{what}: ok"),
+            Err(e) => {
+                eprintln!("{what}: FAILED");
+                failed.push(what);
+                let _ = e;
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "failed: {failed:?} (their panics are printed above)"
+    );
+}
+
+clock_test!(
+    /// Client wall clock on memory, etcd, ZooKeeper, PostgreSQL and Redis: see the
+    /// module's documentation.
+    client_wall_clock_steps_keep_the_lock_on_every_backend,
+    |test| async move {
+        let urls = [
+            ("memory", "memory://".to_owned()),
+            ("etcd", format!("etcd://{}/clock?ttl=2s", env("QUEUELOCK_TEST_ETCD"))),
+            ("zookeeper", format!("zk://{}/clock?session_timeout=2s", env("QUEUELOCK_TEST_ZK"))),
+            ("postgres", format!("{}?schema=clock&ttl=2s", env("QUEUELOCK_TEST_POSTGRES"))),
+            ("redis", format!("redis://{}/0?prefix=clock&ttl=2s", env("QUEUELOCK_TEST_REDIS"))),
+        ];
+        let tasks = urls
+            .into_iter()
+            .map(|(what, url)| (what, tokio::spawn(client_clock_steps(test, url))))
+            .collect();
+        all(tasks).await;
+    }
+);
+
+clock_test!(
+    /// Server wall clock on PostgreSQL and Redis, stepped forward past the TTL and back:
+    /// see the module's documentation and the README's "Clock jumps".
+    server_clock_steps_on_postgres_and_redis,
+    |test| async move {
+        // Started one after another (free ports are taken as each server listens), off
+        // the runtime's workers (initdb blocks).
+        let scenarios = [
+            ("postgres forward", true),
+            ("postgres backward", false),
+            ("redis forward", true),
+            ("redis backward", false),
+        ];
+        let servers = tokio::task::spawn_blocking(move || {
+            scenarios.map(|(what, forward)| {
+                let clock = FakeClock::new();
+                let (url, server): (String, Box<dyn Send>) = if what.starts_with("postgres") {
+                    let pg = support::postgres::PgServer::start_faked(&clock);
+                    (pg.url("clock", "ttl=2s"), Box::new(pg))
+                } else {
+                    let redis = support::redis::RedisServer::start_faked("always", &clock);
+                    let url = format!("redis://{}/0?prefix=clock&ttl=2s", redis.addr());
+                    (url, Box::new(redis))
+                };
+                (what, forward, clock, url, server)
+            })
+        })
+        .await
+        .expect("start the servers");
+        let tasks = servers
+            .into_iter()
+            .map(|(what, forward, clock, url, server)| {
+                let task = tokio::spawn(async move {
+                    let _server = server;
+                    if forward {
+                        server_clock_forward(test, url, &clock).await;
+                    } else {
+                        server_clock_backward(test, url, &clock).await;
+                    }
+                });
+                (what, task)
+            })
+            .collect();
+        all(tasks)
+        .await;
+    }
+);

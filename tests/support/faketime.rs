@@ -91,6 +91,26 @@ impl FakeClock {
         ]
     }
 
+    /// [`FakeClock::env`] for a program linked with jemalloc (Debian's `redis-server`):
+    /// libfaketime cannot initialise under jemalloc (jemalloc reads the clock while
+    /// libfaketime is resolving its symbols; libfaketime issue #130, "Unexpected recursive
+    /// calls to clock_gettime()"), so glibc's `libc_malloc_debug` is preloaded first and
+    /// the program allocates with glibc's malloc instead.
+    pub fn env_for_jemalloc(&self) -> Vec<(String, String)> {
+        let glibc = self
+            .lib
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("libc_malloc_debug.so.0"));
+        let glibc = glibc
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from("/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"));
+        assert!(glibc.is_file(), "glibc's {} is missing", glibc.display());
+        let mut env = self.env();
+        env[0].1 = format!("{}:{}", glibc.display(), self.lib.display());
+        env
+    }
+
     /// Puts the process `cmd` will start (and its children) under this clock.
     pub fn apply(&self, cmd: &mut Command) {
         cmd.envs(self.env());
@@ -102,6 +122,28 @@ impl FakeClock {
         let tmp = self.dir.0.join("offset.tmp");
         std::fs::write(&tmp, format!("{secs:+}\n")).expect("write the faketime offset");
         std::fs::rename(&tmp, self.file()).expect("replace the faketime offset");
+    }
+}
+
+impl Drop for FakeClock {
+    /// libfaketime shares its state through `/dev/shm/faketime_shm_PID` and
+    /// `sem.faketime_sem_PID`, which the creating process removes only when it exits
+    /// normally: remove those whose process is gone (a server or holder killed by a test).
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::read_dir("/dev/shm") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("faketime_shm_")
+                .or_else(|| name.strip_prefix("sem.faketime_sem_"));
+            if let Some(pid) = pid.filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 

@@ -134,7 +134,18 @@ impl PgServer {
             .append(true)
             .open(self.dir.0.join("server.log"))
             .expect("log");
-        let child = as_owner(&format!("{BIN}/postgres"))
+        let postgres = format!("{BIN}/postgres");
+        // A preload (FakeClock) goes in through `env` run as the owner, not into setpriv:
+        // libfaketime's shared state is then created by, and open to, the server's user.
+        let mut cmd = if self.env.is_empty() {
+            as_owner(&postgres)
+        } else {
+            let mut c = as_owner("env");
+            c.args(self.env.iter().map(|(k, v)| format!("{k}={v}")))
+                .arg(&postgres);
+            c
+        };
+        let child = cmd
             .arg("-D")
             .arg(self.dir.0.join("data"))
             .args(["-p", &self.port.to_string()])
@@ -143,7 +154,6 @@ impl PgServer {
             .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.0.display()))
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

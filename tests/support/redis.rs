@@ -39,7 +39,7 @@ impl RedisServer {
             port,
             &format!("port {port}\nappendfsync {fsync}\n"),
             Vec::new(),
-            clock.env(),
+            clock.env_for_jemalloc(),
         )
     }
 
