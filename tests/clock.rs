@@ -315,20 +315,7 @@ async fn client_clock_steps(test: &str, url: String) {
     let contender = if in_process {
         None
     } else {
-        let c = Client::connect(url).await.expect("connect");
-        let n = name.to_owned();
-        let c2 = c.clone();
-        let task = tokio::spawn(async move {
-            let g = c2
-                .mutex(&n)
-                .expect("name")
-                .lock()
-                .await
-                .expect("contender lock");
-            (g.fencing_token(), Instant::now(), g)
-        });
-        support::await_queue_len(&c, name, 2).await;
-        Some((c, task))
+        Some(contend(url, name).await)
     };
     let hold_start = Instant::now();
     let (_, mut last_mono, _, _) = h.probe().await;
@@ -357,7 +344,7 @@ async fn client_clock_steps(test: &str, url: String) {
             !granted,
             "the in-process contender was granted during the hold"
         );
-        if let Some((_, task)) = &contender {
+        if let Some(task) = &contender {
             assert!(
                 !task.is_finished(),
                 "the contender was granted during the hold (step {off} s)"
@@ -382,8 +369,8 @@ async fn client_clock_steps(test: &str, url: String) {
             let t: u64 = f[1].parse().expect("token");
             assert!(t > h.token, "fencing token went from {} to {t}", h.token);
         }
-        Some((_, task)) => {
-            let (t, at, g) = tokio::time::timeout(TTL * 2, task)
+        Some(task) => {
+            let (at, t) = tokio::time::timeout(TTL * 2, task)
                 .await
                 .expect("the contender was not granted promptly after the release")
                 .expect("contender panicked");
@@ -393,7 +380,6 @@ async fn client_clock_steps(test: &str, url: String) {
                 at.duration_since(released)
             );
             assert!(t > h.token, "fencing token went from {} to {t}", h.token);
-            g.release().await.expect("release");
         }
     }
     h.finish();
