@@ -183,6 +183,22 @@ struct Holder {
     token: u64,
 }
 
+/// A child's answer to `probe`, with the parent's clocks around it.
+struct Probe {
+    /// The child's wall clock, ms since the epoch.
+    wall: i64,
+    /// The child's monotonic clock, ms since it started.
+    mono: u128,
+    /// Whether the child's hold is lost.
+    lost: bool,
+    /// Whether the child's in-process contender was granted.
+    granted: bool,
+    sent: Instant,
+    received: Instant,
+    wall_sent: i64,
+    wall_received: i64,
+}
+
 impl Holder {
     /// Starts a child (test `test` of this binary) holding lock `name` through `url`,
     /// under `clock` if given, and
@@ -266,16 +282,21 @@ impl Holder {
         }
     }
 
-    /// `probe`: (child's wall clock ms, child's monotonic ms, lost, contender granted).
-    async fn probe(&mut self) -> (i64, u128, bool, bool) {
+    /// `probe`: the child's clocks, read between `sent` and `received`.
+    async fn probe(&mut self) -> Probe {
+        let (sent, wall_sent) = (Instant::now(), wall_ms());
         self.send("probe");
         let f = self.expect("probe", Duration::from_secs(10)).await;
-        (
-            f[1].parse().expect("wall"),
-            f[2].parse().expect("mono"),
-            f[3] == "true",
-            f[4] == "true",
-        )
+        Probe {
+            wall: f[1].parse().expect("wall"),
+            mono: f[2].parse().expect("mono"),
+            lost: f[3] == "true",
+            granted: f[4] == "true",
+            sent,
+            received: Instant::now(),
+            wall_sent,
+            wall_received: wall_ms(),
+        }
     }
 
     /// Closes stdin and waits for a clean exit.
@@ -318,24 +339,29 @@ async fn client_clock_steps(test: &str, url: String) {
         Some(contend(url, name).await)
     };
     let hold_start = Instant::now();
-    let (_, mut last_mono, _, _) = h.probe().await;
-    let mut last_real = Instant::now();
+    let mut last = h.probe().await;
     for off in STEPS {
         clock.set_offset(off);
         tokio::time::sleep(TTL * 4 / 5).await;
-        let (wall, mono, lost, granted) = h.probe().await;
-        let real = Instant::now();
-        let seen = wall - wall_ms();
+        let p = h.probe().await;
+        // The child read its clocks between `sent` and `received` (ms rounding aside).
+        let shifted = p.wall - off * 1000;
         assert!(
-            (seen - off * 1000).abs() < 2_000,
-            "the child's wall clock is off by {seen} ms, not {off} s: faketime not applied"
+            (p.wall_sent - 5..=p.wall_received + 5).contains(&shifted),
+            "the child's wall clock reads {} ms, not real time {}..{} ms + {off} s: faketime not applied",
+            p.wall,
+            p.wall_sent,
+            p.wall_received
         );
-        let (dm, dr) = (mono - last_mono, real.duration_since(last_real).as_millis());
+        let dm = p.mono as i128 - last.mono as i128;
+        let lo = p.sent.duration_since(last.received).as_millis() as i128 - 5;
+        let hi = p.received.duration_since(last.sent).as_millis() as i128 + 5;
         assert!(
-            dm.abs_diff(dr) < 500,
-            "the child's monotonic clock moved {dm} ms in {dr} ms of real time"
+            (lo..=hi).contains(&dm),
+            "the child's monotonic clock moved {dm} ms while {lo}..{hi} ms passed"
         );
-        (last_mono, last_real) = (mono, real);
+        let (lost, granted) = (p.lost, p.granted);
+        last = p;
         assert!(
             !lost,
             "the holder lost its lock after a wall-clock step of {off} s"
@@ -567,7 +593,7 @@ async fn server_clock_backward(test: &str, url: String, clock: &FakeClock) -> Ba
     clock.set_offset(-3600);
     for _ in 0..2 {
         tokio::time::sleep(TTL).await;
-        let (_, _, lost, _) = h.probe().await;
+        let lost = h.probe().await.lost;
         assert!(
             !lost,
             "the holder lost its lock after the server's clock went back"
