@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses part of it
 
 pub mod etcd;
+pub mod faketime;
 pub mod interop;
 pub mod netns;
 pub mod postgres;

@@ -19,6 +19,8 @@ pub struct PgServer {
     settings: Vec<String>,
     /// The schema of the last URL handed out (for the operator's faults).
     schema: StdMutex<String>,
+    /// Extra environment of the server process (a [`super::faketime::FakeClock`]).
+    env: Vec<(String, String)>,
 }
 
 fn is_root() -> bool {
@@ -53,12 +55,27 @@ impl PgServer {
         Self::start_with(&[], None, |_| {})
     }
 
+    /// Like [`PgServer::start`], the server (and every backend it forks) under `clock`:
+    /// its `clock_timestamp()` follows the clock's steps.
+    pub fn start_faked(clock: &super::faketime::FakeClock) -> Self {
+        Self::start_env(&[], None, |_| {}, clock.env())
+    }
+
     /// Like [`PgServer::start`] with extra settings (`name=value`), another pg_hba.conf,
     /// and a hook that may place files in the data directory before the first start.
     pub fn start_with(
         settings: &[&str],
         hba: Option<&str>,
         prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
+        Self::start_env(settings, hba, prepare, Vec::new())
+    }
+
+    fn start_env(
+        settings: &[&str],
+        hba: Option<&str>,
+        prepare: impl FnOnce(&std::path::Path),
+        env: Vec<(String, String)>,
     ) -> Self {
         let initdb = format!("{BIN}/initdb");
         assert!(
@@ -104,6 +121,7 @@ impl PgServer {
             process: None,
             settings: settings.iter().map(|s| s.to_string()).collect(),
             schema: StdMutex::new(String::new()),
+            env,
         };
         s.spawn();
         s.wait_ready();
@@ -116,7 +134,18 @@ impl PgServer {
             .append(true)
             .open(self.dir.0.join("server.log"))
             .expect("log");
-        let child = as_owner(&format!("{BIN}/postgres"))
+        let postgres = format!("{BIN}/postgres");
+        // A preload (FakeClock) goes in through `env` run as the owner, not into setpriv:
+        // libfaketime's shared state is then created by, and open to, the server's user.
+        let mut cmd = if self.env.is_empty() {
+            as_owner(&postgres)
+        } else {
+            let mut c = as_owner("env");
+            c.args(self.env.iter().map(|(k, v)| format!("{k}={v}")))
+                .arg(&postgres);
+            c
+        };
+        let child = cmd
             .arg("-D")
             .arg(self.dir.0.join("data"))
             .args(["-p", &self.port.to_string()])

@@ -16,6 +16,8 @@ pub struct RedisServer {
     prefix: StdMutex<String>,
     /// `redis-cli` options for a TLS-only server (empty: plain text).
     cli_tls: Vec<String>,
+    /// Extra environment of the server process (a [`super::faketime::FakeClock`]).
+    env: Vec<(String, String)>,
 }
 
 impl RedisServer {
@@ -26,6 +28,18 @@ impl RedisServer {
             port,
             &format!("port {port}\nappendfsync {fsync}\n"),
             Vec::new(),
+        )
+    }
+
+    /// Like [`RedisServer::start`], the server under `clock`: its key expiry (`PX`) and
+    /// `TIME` follow the clock's steps.
+    pub fn start_faked(fsync: &str, clock: &super::faketime::FakeClock) -> Self {
+        let port = free_port();
+        Self::start_env(
+            port,
+            &format!("port {port}\nappendfsync {fsync}\n"),
+            Vec::new(),
+            clock.env_for_jemalloc(),
         )
     }
 
@@ -56,6 +70,10 @@ impl RedisServer {
     }
 
     fn start_conf(port: u16, conf: &str, cli_tls: Vec<String>) -> Self {
+        Self::start_env(port, conf, cli_tls, Vec::new())
+    }
+
+    fn start_env(port: u16, conf: &str, cli_tls: Vec<String>, env: Vec<(String, String)>) -> Self {
         require_binary("redis-server", "apt-get install redis-server");
         let dir = TempDir::new("queuelock-redis");
         let conf = format!(
@@ -71,6 +89,7 @@ impl RedisServer {
             process: None,
             prefix: StdMutex::new(String::new()),
             cli_tls,
+            env,
         };
         s.spawn();
         s.wait_answering(Duration::from_secs(30));
@@ -80,6 +99,7 @@ impl RedisServer {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .arg(self.dir.0.join("redis.conf"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
