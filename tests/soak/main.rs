@@ -295,8 +295,24 @@ fn run_backend(backend: &'static str, o: &Options) -> Outcome {
             v.insert(c.name, c.value.unwrap_or(f64::NAN));
         }
         v.insert("loadavg", probe::loadavg());
+        // A progress line about once a minute, for long runs watched by hand.
+        let every = (60.0 / o.sample.as_secs_f64()).ceil().max(1.0) as usize;
+        if (samples.len() + 1) % every == 0 {
+            let shown: Vec<String> = v
+                .iter()
+                .filter(|(k, _)| !k.ends_with("_max"))
+                .map(|(k, x)| format!("{k}={x:.0}"))
+                .collect();
+            println!("soak {backend} {t:.0}s: {}", shown.join(" "));
+        }
         samples.push(Sample { t, values: v });
-        next += o.sample;
+        // A probe slower than the period (a loaded machine) skips ticks, never bunches them.
+        while next <= Instant::now() {
+            next += o.sample;
+        }
+        if stats.is_empty() {
+            break; // every client has exited
+        }
     }
 
     // Every client stops by itself after its current attempt and closes its Client.
