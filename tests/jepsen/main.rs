@@ -94,14 +94,9 @@ fn options() -> Options {
         };
         match a.as_str() {
             "--backend" => {
-                o.backends = match value("--backend").as_str() {
-                    "etcd" => vec!["etcd"],
-                    "zookeeper" | "zk" => vec!["zookeeper"],
-                    "redis" => vec!["redis"],
-                    "postgres" | "pg" => vec!["postgres"],
-                    "all" => vec!["etcd", "zookeeper", "postgres", "redis"],
-                    other => usage(&format!("unknown backend {other:?}")),
-                }
+                let v = value("--backend");
+                o.backends = support::backends_arg(&v)
+                    .unwrap_or_else(|| usage(&format!("unknown backend {v:?}")));
             }
             "--duration" | "--ttl" => {
                 let v = value(&a);
@@ -137,8 +132,7 @@ fn options() -> Options {
             "--recheck" => o.recheck = Some(value(&a).into()),
             "--single-faults" => o.single_faults = true,
             // What `cargo test` may pass every test binary.
-            "--nocapture" | "--quiet" | "-q" | "--show-output" | "--include-ignored" => {}
-            s if s.starts_with("--test-threads") || s.starts_with("--color") => {}
+            s if support::is_cargo_test_arg(s) => {}
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -146,18 +140,7 @@ fn options() -> Options {
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,zookeeper_client=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::harness_runtime("warn,zookeeper_client=error");
     if std::env::var(ROLE).as_deref() == Ok("worker") {
         rt.block_on(worker::run(WorkerArgs::from_env()));
         return;
@@ -267,7 +250,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
     // Every worker stops by itself after its current attempt; one that does not is hung.
     let grace =
         worker::lock_timeout(o.ttl) + worker::release_timeout(o.ttl) + Duration::from_secs(60);
-    let exits = tokio::task::block_in_place(|| wait_all(&mut children, grace));
+    let exits = tokio::task::block_in_place(|| support::wait_all(&mut children, grace));
     stop_thawing.store(true, Ordering::SeqCst);
     faults.extend(thawer.await.expect("thawer"));
     faults.sort_by_key(|f| f.t0);
@@ -355,35 +338,6 @@ fn recheck(dir: &Path, o: &Options) -> Verdict {
         println!("VIOLATION {}: {}", viol.kind, viol.detail);
     }
     v
-}
-
-fn wait_all(children: &mut [Child], grace: Duration) -> Vec<Option<i32>> {
-    let deadline = Instant::now() + grace;
-    let mut exits = vec![None; children.len()];
-    loop {
-        let mut running = false;
-        for (i, c) in children.iter_mut().enumerate() {
-            if exits[i].is_none() {
-                match c.try_wait() {
-                    Ok(Some(st)) => exits[i] = Some(st.code().unwrap_or(-1)),
-                    _ => running = true,
-                }
-            }
-        }
-        if !running {
-            return exits;
-        }
-        if Instant::now() > deadline {
-            for (i, c) in children.iter_mut().enumerate() {
-                if exits[i].is_none() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-            }
-            return exits;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn write_json<T: serde::Serialize>(path: &Path, v: &T) {

@@ -161,7 +161,8 @@ impl EtcdCluster {
         format!("etcd://{}/{prefix}?{query}", self.endpoints().join(","))
     }
 
-    fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Option<String> {
+    /// Runs `etcdctl` against `endpoints`; its stdout, or `None` if it failed.
+    pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Option<String> {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", endpoints.join(",")))

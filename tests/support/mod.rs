@@ -241,3 +241,76 @@ pub fn require_binary(name: &str, install_hint: &str) -> PathBuf {
             panic!("`{name}` is not installed: {install_hint} (./scripts/test does it)")
         })
 }
+
+/// Waits until every child has exited (its exit code; -1 when killed by a signal); kills
+/// the ones still running after `grace` (`None`: hung).
+pub fn wait_all(
+    children: &mut [std::process::Child],
+    grace: std::time::Duration,
+) -> Vec<Option<i32>> {
+    use std::time::Instant;
+    let deadline = Instant::now() + grace;
+    let mut exits = vec![None; children.len()];
+    loop {
+        let mut running = false;
+        for (i, c) in children.iter_mut().enumerate() {
+            if exits[i].is_none() {
+                match c.try_wait() {
+                    Ok(Some(st)) => exits[i] = Some(st.code().unwrap_or(-1)),
+                    _ => running = true,
+                }
+            }
+        }
+        if !running {
+            return exits;
+        }
+        if Instant::now() > deadline {
+            for (i, c) in children.iter_mut().enumerate() {
+                if exits[i].is_none() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            return exits;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The backends a `--backend` value names (`all`: every one), for the long-run harnesses.
+pub fn backends_arg(v: &str) -> Option<Vec<&'static str>> {
+    Some(match v {
+        "etcd" => vec!["etcd"],
+        "zookeeper" | "zk" => vec!["zookeeper"],
+        "redis" => vec!["redis"],
+        "postgres" | "pg" => vec!["postgres"],
+        "all" => vec!["etcd", "zookeeper", "postgres", "redis"],
+        _ => return None,
+    })
+}
+
+/// An argument `cargo test` may pass any test binary (a harness=false one ignores it).
+pub fn is_cargo_test_arg(a: &str) -> bool {
+    matches!(
+        a,
+        "--nocapture" | "--quiet" | "-q" | "--show-output" | "--include-ignored"
+    ) || a.starts_with("--test-threads")
+        || a.starts_with("--color")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` or else by `default`; and the two-worker runtime
+/// the long-run harnesses and their child processes run on.
+pub fn harness_runtime(default: &str) -> tokio::runtime::Runtime {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
