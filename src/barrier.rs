@@ -282,36 +282,7 @@ impl fmt::Debug for DoubleBarrier {
 /// A node of ours (or one a create may have made) that is removed in the background
 /// unless disarmed: what makes a dropped `enter`, a dropped [`Entered`] and a dropped
 /// latch `wait` leave nothing behind.
-pub(crate) struct Member {
-    pub(crate) session: Arc<dyn Session>,
-    pub(crate) spec: NodeSpec,
-    pub(crate) node: Option<Node>,
-    pub(crate) armed: bool,
-}
-
-impl Member {
-    /// An armed member for `spec`, created (or to be created) through `session`.
-    pub(crate) fn new(session: Arc<dyn Session>, spec: NodeSpec) -> Self {
-        Member {
-            session,
-            spec,
-            node: None,
-            armed: true,
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if self.armed {
-            queue::spawn_removal(
-                self.session.clone(),
-                Some(self.spec.clone()),
-                self.node.take(),
-            );
-        }
-    }
-}
+pub(crate) type Member = queue::Pending;
 
 impl DoubleBarrier {
     pub(crate) fn new(ctx: Arc<Context>, name: LockName, n: u32) -> Result<Self> {
@@ -357,9 +328,8 @@ impl DoubleBarrier {
             session.clone(),
             spec(&self.ctx, &self.members, NodeKind::Latch),
         );
-        let created = queue::retry(&*session, || session.create_sequential(&member.spec)).await?;
+        let created = member.create().await?;
         let key = created.node.key.clone();
-        member.node = Some(created.node);
         let mut pause = Duration::from_millis(20);
         loop {
             let step = async {
@@ -431,7 +401,7 @@ impl fmt::Debug for Entered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entered")
             .field("members", &self.members)
-            .field("session", &self.member.session.id())
+            .field("session", &self.member.session().id())
             .finish()
     }
 }
@@ -445,12 +415,8 @@ impl Drop for Entered {
         if !self.member.armed {
             return;
         }
-        self.member.armed = false;
-        let (session, spec, node) = (
-            self.member.session.clone(),
-            self.member.spec.clone(),
-            self.member.node.take(),
-        );
+        let session = self.member.session().clone();
+        let removal = self.member.take_removal();
         let (members, ready) = (self.members.clone(), std::mem::take(&mut self.ready));
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
@@ -460,7 +426,7 @@ impl Drop for Entered {
         };
         rt.spawn(async move {
             let r = async {
-                queue::remove_node(session.clone(), Some(spec), node).await?;
+                removal.await?;
                 let listing = queue::retry(&*session, || session.list(&members)).await?;
                 if listing.nodes.is_empty() {
                     for mark in &ready {
@@ -483,7 +449,7 @@ impl Entered {
     /// The session the participant's node belongs to (expiring it makes the participant
     /// leave).
     pub fn session_id(&self) -> queuelock_core::SessionId {
-        self.member.session.id()
+        self.member.session().id()
     }
 
     /// Leaves and waits until every other live participant has left too. Each waiter
@@ -496,7 +462,7 @@ impl Entered {
     /// Safe: a dropped call has left (its node is removed, in the background if the call
     /// was dropped before removing it); it only stops waiting for the others.
     pub async fn leave(mut self) -> Result<()> {
-        let mut session = self.member.session.clone();
+        let mut session = self.member.session().clone();
         let mut pause = Duration::from_millis(20);
         loop {
             let step = async {

@@ -202,9 +202,7 @@ impl CountDownLatch {
                     .with_ahead(Ahead::Nothing),
             );
             let step = async {
-                let created =
-                    queue::retry(&*session, || session.create_sequential(&waiter.spec)).await?;
-                waiter.node = Some(created.node.clone());
+                let created = waiter.create().await?;
                 // Created, then read: the opener writes, then lists the waiters.
                 if self.is_open(&*session).await? {
                     return Ok(true);

@@ -37,8 +37,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use queuelock_core::{
-    Ahead, Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState,
+    Ahead, Created, Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState,
 };
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -366,9 +367,7 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
     let payload = req.payload.clone().unwrap_or_else(|| info.encode());
     let spec = NodeSpec::new(req.queue, req.kind, payload).with_ahead(req.ahead);
     let mut pending = Pending::new(session.clone(), spec);
-    let created = retry(&*session, || session.create_sequential(&pending.spec))
-        .await
-        .map_err(|e| gone_err(&*session, e))?;
+    let created = pending.create().await.map_err(|e| gone_err(&*session, e))?;
     let me = created.node;
     pending.node = Some(me.clone());
     if let Some(ahead) = created.ahead {
@@ -567,7 +566,7 @@ async fn enter(
 ) -> Result<Arc<Lease>> {
     let spec = NodeSpec::new(queue, kind, ctx.payload()).with_ahead(Ahead::Nothing);
     let mut pending = Pending::new(session.clone(), spec);
-    let created = retry(&*session, || session.create_sequential(&pending.spec)).await?;
+    let created = pending.create().await?;
     pending.disarm();
     Ok(Lease::grant(
         session,
@@ -681,16 +680,33 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let mut pause = Duration::from_millis(20);
+    let mut backoff = Backoff::default();
     loop {
         match op().await {
-            Err(e) if e.is_retryable() => {
-                tracing::debug!(error = %e, "retrying");
-                settle(session, pause).await?;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
+            Err(e) if e.is_retryable() => backoff.wait(session, &e).await?,
             other => return other,
         }
+    }
+}
+
+/// The pause between tries of [`retry`]: 20 ms doubling to 1 s.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(Duration::from_millis(20))
+    }
+}
+
+impl Backoff {
+    /// Waits out the pause (and a suspension) after the retryable error `e`.
+    ///
+    /// Cancel safety: safe.
+    async fn wait(&mut self, session: &dyn Session, e: &Error) -> Result<()> {
+        tracing::debug!(error = %e, "retrying");
+        settle(session, self.0).await?;
+        self.0 = (self.0 * 2).min(Duration::from_secs(1));
+        Ok(())
     }
 }
 
@@ -735,51 +751,141 @@ pub(crate) fn spawn_removal(session: Arc<dyn Session>, spec: Option<NodeSpec>, n
     }
 }
 
-/// A node we created (or may have created) that is not held yet. Dropped while armed, it
-/// removes the node in the background: this is what makes acquiring cancel safe.
-struct Pending {
+/// A node we created (or may have created) that is not held yet: an acquire's, a
+/// barrier member's, a latch waiter's. Dropped while armed, it removes the node in the
+/// background: this is what makes waiting cancel safe.
+pub(crate) struct Pending {
     session: Arc<dyn Session>,
-    spec: NodeSpec,
-    node: Option<Node>,
-    armed: bool,
+    pub(crate) spec: NodeSpec,
+    pub(crate) node: Option<Node>,
+    /// The create try in flight when the caller stopped waiting for it.
+    inflight: Option<oneshot::Receiver<Result<Created>>>,
+    /// A create try ended without a clear answer: it may still take effect, so only the
+    /// backend's `abandon` removes the attempt for sure.
+    uncertain: bool,
+    pub(crate) armed: bool,
 }
 
 impl Pending {
-    fn new(session: Arc<dyn Session>, spec: NodeSpec) -> Self {
+    /// An armed attempt for `spec` through `session`, not created yet.
+    pub(crate) fn new(session: Arc<dyn Session>, spec: NodeSpec) -> Self {
         Pending {
             session,
             spec,
             node: None,
+            inflight: None,
+            uncertain: false,
             armed: true,
         }
     }
 
-    fn disarm(&mut self) {
+    /// Creates the node, retrying connection trouble. Each try runs in a task of its
+    /// own, so a caller dropped mid-create leaves the try running and the removal learns
+    /// the node from its answer and deletes it. Only a try that ended without an answer
+    /// needs the backend's `abandon`, which on etcd and PostgreSQL keeps a tombstone for
+    /// the rest of the session: cancelling one wait in five for hours must not grow the
+    /// store (the soak measured exactly that growth before).
+    ///
+    /// Cancel safety: safe; dropped, the `Pending` removes what the create made.
+    pub(crate) async fn create(&mut self) -> Result<Created> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.try_create().await {
+                Err(e) if e.is_retryable() => backoff.wait(&*self.session, &e).await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// One create try, in a task of its own (see [`Pending::create`]).
+    ///
+    /// Cancel safety: safe; the try's outcome stays with the `Pending`.
+    async fn try_create(&mut self) -> Result<Created> {
+        let (tx, rx) = oneshot::channel();
+        let (session, spec) = (self.session.clone(), self.spec.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(session.create_sequential(&spec).await);
+        });
+        let rx = self.inflight.insert(rx);
+        let r = rx.await.unwrap_or(Err(Error::Closed));
+        self.inflight = None;
+        match &r {
+            Ok(c) => self.node = Some(c.node.clone()),
+            // The session's nodes and tombstones are gone with it.
+            Err(Error::SessionExpired(_)) => {}
+            Err(_) => self.uncertain = true,
+        }
+        r
+    }
+
+    /// The session the node is (to be) created through.
+    pub(crate) fn session(&self) -> &Arc<dyn Session> {
+        &self.session
+    }
+
+    /// Stops the `Pending` from removing the node: it is held (or gone) now.
+    pub(crate) fn disarm(&mut self) {
         self.armed = false;
     }
 
-    /// Removes the node now (falling back to the background if that fails).
-    async fn remove(&mut self) {
-        let r = remove_node(
-            self.session.clone(),
-            Some(self.spec.clone()),
-            self.node.clone(),
-        )
-        .await;
-        if r.is_ok() {
-            self.armed = false;
+    /// The removal of what this attempt created, as a task that needs nothing of `self`:
+    /// waits for a create try in flight, then deletes its node, or abandons the attempt
+    /// if a try's outcome is unknown. Disarms.
+    pub(crate) fn take_removal(&mut self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.armed = false;
+        let session = self.session.clone();
+        let spec = self.spec.clone();
+        let (mut node, mut uncertain) = (self.node.take(), self.uncertain);
+        let inflight = self.inflight.take();
+        async move {
+            if let Some(rx) = inflight {
+                match rx.await {
+                    Ok(Ok(c)) => node = Some(c.node),
+                    Ok(Err(Error::SessionExpired(_))) => {}
+                    _ => uncertain = true,
+                }
+            }
+            match (uncertain, node) {
+                (true, _) => remove_node(session, Some(spec), None).await,
+                (false, Some(n)) => remove_node(session, None, Some(n)).await,
+                (false, None) => Ok(()),
+            }
+        }
+    }
+
+    /// Removes the node now (leaving it to the background removal if that fails).
+    ///
+    /// Cancel safety: safe; a dropped call leaves the `Pending` armed.
+    pub(crate) async fn remove(&mut self) {
+        let (node, inflight) = (self.node.clone(), self.inflight.is_some());
+        if self.take_removal().await.is_err() {
+            // Still ours to remove: the drop tries again in the background.
+            self.armed = true;
+            self.node = node;
+            self.uncertain |= inflight;
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if self.armed {
-            spawn_removal(
-                self.session.clone(),
-                Some(self.spec.clone()),
-                self.node.take(),
-            );
+        if !self.armed {
+            return;
+        }
+        let removal = self.take_removal();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = removal.await {
+                        tracing::warn!(error = %e, "could not remove a queue node in the background");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "no tokio runtime to remove a queue node; it goes when its session ends"
+                )
+            }
         }
     }
 }

@@ -295,3 +295,42 @@ async fn admission_lets_the_head_in_while_permits_are_free() {
     drop((two, third));
     eventually("released", || store.keys_under("s").is_empty()).await;
 }
+
+#[tokio::test]
+async fn an_acquire_dropped_mid_create_deletes_its_node_without_abandon() {
+    let store = MemoryBackend::new();
+    let ctx = context(&store, LossPolicy::default());
+    ctx.session().await.expect("session");
+    // Every operation takes 300 ms to reach the store: drop the acquire inside its create.
+    store.set_delay(Duration::from_millis(300));
+    let task = spawn_acquire(&ctx, lock("q"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    // The create still lands; its answer names the node, which is deleted.
+    eventually("the node appears", || store.keys_under("q").len() == 1).await;
+    eventually("the node goes", || store.keys_under("q").is_empty()).await;
+    store.set_delay(Duration::ZERO);
+    assert_eq!(
+        store.abandons(),
+        0,
+        "a create with an answer needs no abandon (a tombstone on etcd and PostgreSQL)"
+    );
+    let lease = acquire(&ctx, lock("q")).await.expect("the queue is free");
+    lease.release().await.expect("release");
+}
+
+#[tokio::test]
+async fn an_acquire_dropped_after_a_create_without_answer_abandons_the_attempt() {
+    let store = MemoryBackend::new();
+    let ctx = context(&store, LossPolicy::default());
+    let id = ctx.session().await.expect("session").id();
+    assert!(store.suspend_session(id));
+    // The create fails with connection trouble: it may have landed, as far as the
+    // queue knows. The acquire waits for the connection; drop it meanwhile.
+    let task = spawn_acquire(&ctx, lock("q"));
+    tokio::time::sleep(SOON).await;
+    task.abort();
+    assert!(store.resume_session(id));
+    eventually("the attempt is abandoned", || store.abandons() == 1).await;
+    assert!(store.keys_under("q").is_empty());
+}

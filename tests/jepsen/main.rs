@@ -40,11 +40,14 @@ use support::Cluster;
 
 use crate::checker::{check, Run, Verdict};
 use crate::history::{now_us, read_lines, Event, Fault};
-use crate::nemesis::Nemesis;
+use crate::nemesis::{ClockHook, Nemesis};
 use crate::register::Register;
 use crate::worker::WorkerArgs;
+use support::faketime::FakeClock;
 
 const ROLE: &str = "QUEUELOCK_JEPSEN_ROLE";
+/// The worker whose wall clock is stepped (libfaketime): its leases must not notice.
+const CLOCK_WORKER: usize = 0;
 
 struct Options {
     backends: Vec<&'static str>,
@@ -196,6 +199,8 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
     let stop_at = now_us() + o.duration.as_micros() as u64;
     let mut proxies = Vec::new();
     let mut children: Vec<Child> = Vec::new();
+    // Worker CLOCK_WORKER runs under a wall clock the nemesis steps by hours.
+    let clock = FakeClock::new();
     for w in 0..o.workers {
         let mut mine = Vec::new();
         for m in cluster.client_addrs() {
@@ -212,21 +217,25 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
             ttl: o.ttl,
         };
         let stderr = std::fs::File::create(dir.join(format!("w{w}.log"))).expect("log");
-        children.push(
-            Command::new(std::env::current_exe().expect("exe"))
-                .env(ROLE, "worker")
-                .envs(args.to_env())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("start worker"),
-        );
+        let mut cmd = Command::new(std::env::current_exe().expect("exe"));
+        cmd.env(ROLE, "worker")
+            .envs(args.to_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if w == CLOCK_WORKER {
+            clock.apply(&mut cmd);
+        }
+        children.push(cmd.spawn().expect("start worker"));
         proxies.push(mine);
     }
     let pids = children.iter().map(Child::id).collect();
     let mut nemesis = Nemesis::new(cluster, proxies, pids, o.ttl, o.seed);
     nemesis.single = o.single_faults;
+    nemesis.clock = Some(ClockHook {
+        worker: CLOCK_WORKER,
+        set_offset: Box::new(move |secs| clock.set_offset(secs)),
+    });
     let hint = || register.last_access();
     let head = || {
         let (direct, lock) = (direct.clone(), lock.clone());

@@ -43,6 +43,8 @@ struct State {
     /// Deletion notifications delivered to a live watcher of another session than the
     /// node's owner, ever (a holder watching its own node does not count).
     notifications: u64,
+    /// `Session::abandon` calls that reached the store, ever.
+    abandons: u64,
     delay: Duration,
 }
 
@@ -55,6 +57,9 @@ struct Entry {
     kind: Option<NodeKind>,
     /// A revocation of this node was requested ([`Session::request_revoke`]).
     revoke: bool,
+    /// The attempt that created this queue node: its owner forgets the attempt when the
+    /// node goes, so a long-lived session does not keep one record per acquire.
+    attempt: Option<Uuid>,
 }
 
 struct SessionRec {
@@ -100,6 +105,11 @@ impl State {
         };
         if entry.kind.is_some() {
             self.unindex(key, entry.create_rev);
+        }
+        if let (Some(owner), Some(attempt)) = (entry.owner, entry.attempt) {
+            if let Some(rec) = self.sessions.get_mut(&owner) {
+                rec.attempts.remove(&attempt);
+            }
         }
         // Its revocation watchers hear that the node is gone (their senders drop).
         self.revoke_watchers.remove(key);
@@ -280,6 +290,13 @@ impl MemoryBackend {
     /// many waiters one release woke.
     pub fn notifications(&self) -> u64 {
         self.lock().notifications
+    }
+
+    /// How many [`Session::abandon`] calls have reached the store: the queue calls it only
+    /// for an attempt whose create ended without an answer (a cancelled create is waited
+    /// for and its node deleted), which lets a test see that.
+    pub fn abandons(&self) -> u64 {
+        self.lock().abandons
     }
 
     /// Number of open sessions.
@@ -466,6 +483,7 @@ impl Session for MemorySession {
                         owner: Some(self.id),
                         kind: Some(spec.kind),
                         revoke: false,
+                        attempt: Some(spec.id),
                     },
                 );
                 if let Some(rec) = st.sessions.get_mut(&self.id) {
@@ -494,6 +512,7 @@ impl Session for MemorySession {
         self.gate().await?;
         let mut st = self.backend.lock();
         st.check(self.id)?;
+        st.abandons += 1;
         let key = st
             .sessions
             .get_mut(&self.id)
@@ -632,6 +651,7 @@ impl Session for MemorySession {
                             owner: None,
                             kind: None,
                             revoke: false,
+                            attempt: None,
                         });
                 }
                 Op::Delete { key } => {
@@ -673,6 +693,7 @@ impl Session for MemorySession {
                 owner: None,
                 kind: None,
                 revoke: false,
+                attempt: None,
             },
         );
         Ok(None)

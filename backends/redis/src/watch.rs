@@ -3,14 +3,14 @@
 //! every disconnect and every resubscription, because pub/sub is not replayed: a waiter
 //! whose generation moved re-checks the store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use queuelock_core::{Error, Result};
-use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::sync::{watch, Mutex as AsyncMutex, Notify};
 
 use crate::error::map_error;
 
@@ -27,6 +27,11 @@ pub(crate) struct Watcher {
     /// unsubscribing hold this lock, so they reach the server in the order taken.
     sink: AsyncMutex<Option<redis::aio::PubSubSink>>,
     generation: watch::Sender<u64>,
+    /// Channels whose last user left, for the unsubscriber to drop (in one command per
+    /// batch: one task and one round trip per channel fell behind under load and piled
+    /// up tasks).
+    unused: StdMutex<HashSet<String>>,
+    unused_added: Arc<Notify>,
     /// Messages delivered to waiters (for tests that count wake-ups).
     pub(crate) delivered: AtomicU64,
     /// Dropped with the watcher: ends the pub/sub task and its connection.
@@ -53,27 +58,13 @@ impl Drop for Subscription {
             }
         };
         if last {
-            let watcher = self.watcher.clone();
             let channel = std::mem::take(&mut self.channel);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    let mut sink = watcher.sink.lock().await;
-                    // Still unused under the sink lock: nobody subscribed in between.
-                    let unused = {
-                        let mut map = watcher.lock();
-                        let unused = map.get(&channel).is_some_and(|c| c.users == 0);
-                        if unused {
-                            map.remove(&channel);
-                        }
-                        unused
-                    };
-                    if unused {
-                        if let Some(s) = sink.as_mut() {
-                            let _ = s.unsubscribe(&channel).await;
-                        }
-                    }
-                });
-            }
+            self.watcher
+                .unused
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(channel);
+            self.watcher.unused_added.notify_one();
         }
     }
 }
@@ -90,14 +81,18 @@ impl Watcher {
             channels: StdMutex::new(HashMap::new()),
             sink: AsyncMutex::new(None),
             generation: watch::channel(0).0,
+            unused: StdMutex::new(HashSet::new()),
+            unused_added: Arc::new(Notify::new()),
             delivered: AtomicU64::new(0),
             _stop: stop,
         });
         let weak = Arc::downgrade(&w);
+        let added = w.unused_added.clone();
         tokio::spawn(async move {
             let mut stopped = stopped;
             tokio::select! {
-                () = run(weak, client) => {}
+                () = run(weak.clone(), client) => {}
+                () = unsubscriber(weak, added) => {}
                 () = async { while stopped.changed().await.is_ok() {} } => {}
             }
         });
@@ -188,6 +183,50 @@ impl Watcher {
 
     fn bump(&self) {
         self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+/// Unsubscribes from channels nobody uses any more, a batch per command.
+async fn unsubscriber(weak: std::sync::Weak<Watcher>, added: Arc<Notify>) {
+    loop {
+        let Some(w) = weak.upgrade() else { return };
+        let batch: Vec<String> =
+            std::mem::take(&mut *w.unused.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        if batch.is_empty() {
+            drop(w);
+            // A channel added since the take left a permit: this returns at once.
+            added.notified().await;
+            continue;
+        }
+        let mut sink = w.sink.lock().await;
+        // Still unused under the sink lock: nobody subscribed in between (a subscribe
+        // after this reaches the server after our UNSUBSCRIBE, in lock order).
+        let unused: Vec<String> = {
+            let mut map = w.lock();
+            batch
+                .into_iter()
+                .filter(|ch| {
+                    let unused = map.get(ch).is_some_and(|c| c.users == 0);
+                    if unused {
+                        map.remove(ch);
+                    }
+                    unused
+                })
+                .collect()
+        };
+        if let Some(s) = sink.as_mut() {
+            for chunk in unused.chunks(512) {
+                // Disconnected meanwhile: the reconnect subscribes only channels in use.
+                if tokio::time::timeout(Duration::from_secs(5), s.unsubscribe(chunk))
+                    .await
+                    .map_or(true, |r| r.is_err())
+                {
+                    break;
+                }
+            }
+        }
     }
 }
 
