@@ -803,9 +803,13 @@ impl Pending {
     async fn try_create(&mut self) -> Result<Created> {
         let (tx, rx) = oneshot::channel();
         let (session, spec) = (self.session.clone(), self.spec.clone());
-        tokio::spawn(async move {
-            let _ = tx.send(session.create_sequential(&spec).await);
-        });
+        // In the caller's span: the create shows in its acquire's trace.
+        tokio::spawn(
+            async move {
+                let _ = tx.send(session.create_sequential(&spec).await);
+            }
+            .in_current_span(),
+        );
         let rx = self.inflight.insert(rx);
         let r = rx.await.unwrap_or(Err(Error::Closed));
         self.inflight = None;

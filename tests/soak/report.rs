@@ -46,12 +46,22 @@ enum Rule {
     Ceiling { rel: f64, abs: f64 },
     /// Last-third median > 0 (the run still makes progress).
     Progress,
+    /// Last-third median ≤ a fixed bound (records kept by design, one per name at most).
+    AtMost(f64),
     /// Shown, not judged.
     Shown,
 }
 
-/// The rule for each metric, for `clients` client processes.
-fn rule(metric: &str, clients: f64) -> Rule {
+/// What the limits scale with: client processes, and names in the shared pool.
+#[derive(Clone, Copy)]
+struct Scale {
+    clients: f64,
+    pool: f64,
+}
+
+/// The rule for each metric, at `scale`.
+fn rule(metric: &str, scale: Scale) -> Rule {
+    let clients = scale.clients;
     match metric {
         // RSS: allocator noise is proportional (arena and heap high-water marks move
         // with the work in flight) plus a few MiB of fixed slop (thread stacks and glibc
@@ -78,6 +88,12 @@ fn rule(metric: &str, clients: f64) -> Rule {
         },
         "ops_per_s" => Rule::Progress,
         "clients_alive" | "cancels" | "errors" | "loadavg" => Rule::Shown,
+        // Kept by design: a semaphore's stored permit count (one per name ever used as a
+        // semaphore) and the token counter. They grow as the run reaches names it had
+        // not used yet (slowly, when the load is high), never past one per name.
+        "etcd_permit_records" | "pg_kv_rows" | "redis_kept_records" => {
+            Rule::AtMost(scale.pool + 1.0)
+        }
         // Server-side counts: sessions, leases, nodes, watches, keys, connections.
         _ => Rule::Ceiling {
             rel: 0.10,
@@ -119,7 +135,7 @@ struct Judged {
 
 /// Judges `values` (by sample) over the first and last thirds of the run, by time (`t`
 /// of each sample, `span` the run's length): a slow probe skips ticks unevenly.
-fn judge(metric: &'static str, t: &[f64], values: &[f64], span: f64, clients: f64) -> Judged {
+fn judge(metric: &'static str, t: &[f64], values: &[f64], span: f64, scale: Scale) -> Judged {
     let pick = |keep: &dyn Fn(f64) -> bool| -> Vec<f64> {
         t.iter()
             .zip(values)
@@ -130,12 +146,13 @@ fn judge(metric: &'static str, t: &[f64], values: &[f64], span: f64, clients: f6
     let first = &pick(&|t| t <= span / 3.0)[..];
     let last = &pick(&|t| t >= span * 2.0 / 3.0)[..];
     let (fmed, fmax, lmed) = (median(first.to_vec()), max(first), median(last.to_vec()));
-    let limit = match rule(metric, clients) {
+    let limit = match rule(metric, scale) {
         Rule::Growth { rel, abs } => Some(fmed * (1.0 + rel) + abs),
         Rule::Ceiling { rel, abs } => Some(fmax * (1.0 + rel) + abs),
+        Rule::AtMost(bound) => Some(bound),
         Rule::Progress | Rule::Shown => None,
     };
-    let ok = match rule(metric, clients) {
+    let ok = match rule(metric, scale) {
         Rule::Progress => lmed > 0.0,
         Rule::Shown => true,
         _ => limit.is_some_and(|l| lmed <= l),
@@ -157,7 +174,13 @@ const MIN_PER_THIRD: usize = 5;
 /// a server count that climbs; flat noisy series must pass.
 pub fn self_test() {
     let t: Vec<f64> = (1..=30).map(|i| i as f64).collect();
-    let judge = |m: &'static str, v: &[f64], c: f64| judge(m, &t[..v.len()], v, v.len() as f64, c);
+    let judge = |m: &'static str, v: &[f64], clients: f64| {
+        let scale = Scale {
+            clients,
+            pool: 100.0,
+        };
+        judge(m, &t[..v.len()], v, v.len() as f64, scale)
+    };
     let flat: Vec<f64> = (0..30).map(|i| 40.0 + (i % 3) as f64).collect();
     assert!(judge("rss_mean_mib", &flat, 4.0).ok, "flat RSS flagged");
     let growing: Vec<f64> = (0..30).map(|i| 40.0 + i as f64).collect();
@@ -171,6 +194,16 @@ pub fn self_test() {
     assert!(
         !judge("etcd_leases", &leases, 4.0).ok,
         "climbing leases passed"
+    );
+    let reached: Vec<f64> = (0..30).map(|i| 40.0 + 2.0 * i as f64).collect();
+    assert!(
+        judge("pg_kv_rows", &reached, 4.0).ok,
+        "permit records of names reached later flagged (bounded by the pool)"
+    );
+    let past: Vec<f64> = (0..30).map(|i| 40.0 + 5.0 * i as f64).collect();
+    assert!(
+        !judge("pg_kv_rows", &past, 4.0).ok,
+        "more permit records than names passed"
     );
     let noisy: Vec<f64> = (0..30).map(|i| 50.0 + ((i * 7) % 11) as f64).collect();
     assert!(
@@ -203,7 +236,10 @@ fn f(v: f64) -> String {
 
 pub fn analyse(r: Run<'_>) -> Outcome {
     let o = r.o;
-    let clients = o.clients as f64;
+    let scale = Scale {
+        clients: o.clients as f64,
+        pool: r.pool as f64,
+    };
     let metrics: Vec<&'static str> = r
         .samples
         .first()
@@ -225,7 +261,7 @@ pub fn analyse(r: Run<'_>) -> Outcome {
                 .iter()
                 .map(|s| s.values.get(m).copied().unwrap_or(f64::NAN))
                 .collect();
-            judge(m, &times, &v, span, clients)
+            judge(m, &times, &v, span, scale)
         })
         .collect();
     let mut failures: Vec<String> = Vec::new();
@@ -233,13 +269,13 @@ pub fn analyse(r: Run<'_>) -> Outcome {
         failures.push(format!("only {} samples", r.samples.len()));
     }
     for j in &judged {
-        let no_data = j.last_median.is_nan() && !matches!(rule(j.metric, clients), Rule::Shown);
+        let no_data = j.last_median.is_nan() && !matches!(rule(j.metric, scale), Rule::Shown);
         if no_data {
             failures.push(format!(
                 "{}: no data (its probe failed every time)",
                 j.metric
             ));
-        } else if !j.ok && (trend_judged || matches!(rule(j.metric, clients), Rule::Progress)) {
+        } else if !j.ok && (trend_judged || matches!(rule(j.metric, scale), Rule::Progress)) {
             failures.push(format!(
                 "{}: last-third median {} above the limit {}",
                 j.metric,
@@ -326,7 +362,9 @@ pub fn analyse(r: Run<'_>) -> Outcome {
         "Rules: RSS (mean and max per client): last-third median ≤ first-third median × 1.10 \
          + 4 MiB. fds, threads: last-third median ≤ first-third max + 2 per client. Tokio \
          alive tasks (`RuntimeMetrics::num_alive_tasks`): ≤ first-third max × 1.10 + 2 per \
-         client. Server counts: ≤ first-third max × 1.10 + 10. ops/s: last third > 0.{}\n",
+         client. Server counts: ≤ first-third max × 1.10 + 10; records kept by design (permit \
+         counts, the token counter): ≤ one per name in the pool + 1. ops/s: last third > \
+         0.{}\n",
         if trend_judged {
             String::new()
         } else {
@@ -342,7 +380,7 @@ pub fn analyse(r: Run<'_>) -> Outcome {
          |---|---:|---:|---:|---:|---|"
     );
     for j in &judged {
-        let verdict = match (rule(j.metric, clients), j.ok) {
+        let verdict = match (rule(j.metric, scale), j.ok) {
             (Rule::Shown, _) => "shown",
             (_, true) => "ok",
             (Rule::Progress, false) => "FAIL",

@@ -10,6 +10,8 @@
 --   P:{Q}:p           HASH  node id -> payload
 --   P:{Q}:v           last change of the queue (a token value); all five go when it empties
 --   P:{Q}:r           HASH  node id -> token: a revocation was requested for that node
+--                     (these five expire 1 s after the last member session would: see
+--                     `outlive`)
 --   P:Q               the plain `SET Q token NX PX ttl` lock of other tools; while our
 --                     queue is not empty it holds our marker (so their SET NX fails)
 --   P:s:SID           a session: PX = its TTL, renewed by `renew`, which refuses once gone
@@ -35,7 +37,7 @@ end
 
 local function changed(q)
   local r = redis.call('INCR', P .. '::token')
-  redis.call('SET', qk(q, 'v'), r)
+  redis.call('SET', qk(q, 'v'), r, 'KEEPTTL')
   redis.call('PUBLISH', qk(q, 'c'), r)
 end
 
@@ -59,6 +61,20 @@ local function remove(q, id, sid)
 end
 
 local function alive(sid) return redis.call('EXISTS', sk(sid)) == 1 end
+
+-- A queue's keys live at least `ms` (a member session's PTTL) + 1 s more: set when a node
+-- is created, extended by every renewal of a member. When every member session ends
+-- without closing (a crashed client), the queue goes with them instead of waiting for a
+-- reader to purge its dead nodes: lock names used once must not stay in the store.
+local QUEUE_KEYS = { 'z', 'n', 'p', 'v', 'r' }
+local function outlive(q, ms)
+  ms = ms + 1000
+  for _, s in ipairs(QUEUE_KEYS) do
+    local k = qk(q, s)
+    local t = redis.call('PTTL', k)
+    if t == -1 or (t >= 0 and t < ms) then redis.call('PEXPIRE', k, ms) end
+  end
+end
 
 -- Refuses creates of attempt `id` sent before request number `n` of session `sid`.
 local NEVER = 9007199254740992
@@ -185,6 +201,7 @@ elseif op == 'renew' then
   redis.call('PEXPIRE', sk(sid) .. ':x', ttl)
   for _, m in ipairs(redis.call('SMEMBERS', sk(sid) .. ':n')) do
     local q = string.match(m, '^(.*)\n')
+    outlive(q, tonumber(ttl))
     if redis.call('GET', plain(q)) == MARK then
       redis.call('PEXPIRE', plain(q), ttl, 'GT')
     end
@@ -229,7 +246,8 @@ elseif op == 'create' then
     redis.call('HSET', qk(q, 'p'), id, payload)
     redis.call('SADD', sk(sid) .. ':n', q .. '\n' .. id)
     redis.call('PEXPIRE', sk(sid) .. ':n', redis.call('PTTL', sk(sid)))
-    redis.call('SET', qk(q, 'v'), token)
+    redis.call('SET', qk(q, 'v'), token, 'KEEPTTL')
+    outlive(q, redis.call('PTTL', sk(sid)))
     redis.call('PUBLISH', qk(q, 'c'), token)
   end
   local out = turn(q, id, ARGV[9], ttl)
@@ -342,6 +360,7 @@ elseif op == 'revoke' then
     return 0
   end
   redis.call('HSET', qk(q, 'r'), id, t)
+  outlive(q, redis.call('PTTL', sk(owner)))
   redis.call('PUBLISH', qk(q, 'r:' .. id), '1')
   return 1
 
