@@ -87,7 +87,14 @@ impl Server {
     pub fn counts(&self, root: &str) -> Vec<Count> {
         match self {
             Server::Etcd(c) => {
-                let ctl = |args: &[&str]| c.etcdctl(&c.endpoints(), args);
+                // Serializable reads with a long timeout: under a load average of 70 a
+                // linearizable read (a round of the raft log) missed etcdctl's 2 s
+                // every time; a count of the member's own state is what is wanted.
+                let ctl = |args: &[&str]| {
+                    let mut a = vec!["--command-timeout=30s"];
+                    a.extend_from_slice(args);
+                    c.etcdctl(&c.endpoints(), &a)
+                };
                 // "found N leases".
                 let leases = ctl(&["lease", "list"]).and_then(|s| {
                     s.lines()
@@ -99,17 +106,18 @@ impl Server {
                 });
                 // The URL path is the key prefix: `/<root>/`.
                 let prefix = format!("/{root}/");
-                let keys = ctl(&["get", "--prefix", "--keys-only", &prefix]).map(|s| {
-                    s.lines()
-                        .filter(|l| !l.is_empty())
-                        .fold((0.0, 0.0), |(k, p), l| {
-                            if l.ends_with("/meta/permits") {
-                                (k, p + 1.0)
-                            } else {
-                                (k + 1.0, p)
-                            }
-                        })
-                });
+                let keys = ctl(&["get", "--consistency=s", "--prefix", "--keys-only", &prefix])
+                    .map(|s| {
+                        s.lines()
+                            .filter(|l| !l.is_empty())
+                            .fold((0.0, 0.0), |(k, p), l| {
+                                if l.ends_with("/meta/permits") {
+                                    (k, p + 1.0)
+                                } else {
+                                    (k + 1.0, p)
+                                }
+                            })
+                    });
                 vec![
                     count("etcd_leases", leases, true),
                     count("etcd_keys", keys.map(|k| k.0), true),
