@@ -426,11 +426,16 @@ impl Nemesis {
                 let hook = self.clock.as_ref()?;
                 // Hours either way, now and then back to true time: only a monotonic
                 // clock may decide a lease, so none of this may matter.
-                let secs: i64 = match self.rng().random_range(0..4) {
-                    0 => 0,
-                    1 => self.rng().random_range(3_600..=172_800),
-                    2 => -self.rng().random_range(3_600..=172_800),
-                    _ => self.rng().random_range(-600..=600),
+                // One guard for both draws (a second `rng()` inside a `match` on the
+                // first would wait for the first's guard forever).
+                let secs: i64 = {
+                    let mut rng = self.rng();
+                    match rng.random_range(0..4) {
+                        0 => 0,
+                        1 => rng.random_range(3_600..=172_800),
+                        2 => -rng.random_range(3_600..=172_800),
+                        _ => rng.random_range(-600..=600),
+                    }
                 };
                 (hook.set_offset)(secs);
                 fault(
