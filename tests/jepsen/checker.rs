@@ -182,6 +182,25 @@ fn touches(f: &Fault, g: &Grant) -> bool {
     }
 }
 
+/// How long, within `[a, b]`, at least one of `faults` was active (the union of their
+/// intervals, so overlapping faults count once).
+fn active_time<'a>(faults: impl Iterator<Item = &'a Fault>, a: u64, b: u64) -> u64 {
+    let mut spans: Vec<(u64, u64)> = faults
+        .map(|f| (f.t0.max(a), f.t1.min(b)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    spans.sort_unstable();
+    let (mut total, mut reach) = (0, a);
+    for (s, e) in spans {
+        let s = s.max(reach);
+        if e > s {
+            total += e - s;
+            reach = e;
+        }
+    }
+    total
+}
+
 /// A step of a worker's wall clock: it must not matter, so it explains nothing (a loss
 /// it caused stays unexplained, a stall it caused is not allowed for).
 fn is_clock(f: &Fault) -> bool {
@@ -352,10 +371,13 @@ pub fn check(run: &Run) -> Verdict {
         grants_per_worker: vec![0; run.workers.len()],
         ..Counts::default()
     };
+    let release_budget = us(crate::worker::release_timeout(run.ttl));
     for (w, events) in run.workers.iter().enumerate() {
         let mut done = false;
+        let mut release_start = 0;
         for e in events {
             match e {
+                Event::ReleaseStart { t, .. } => release_start = *t,
                 Event::Invoke { .. } => c.attempts += 1,
                 Event::Granted { .. } => {
                     c.grants += 1;
@@ -393,14 +415,43 @@ pub fn check(run: &Run) -> Verdict {
                     }
                 }
                 Event::Lost { .. } => c.losses_learned += 1,
-                Event::Released { error: None, .. } => c.releases_ok += 1,
                 Event::Released {
-                    timeout: true, t, ..
-                } => bad(
-                    "release-hung",
-                    format!("worker {w}: release() did not return in time"),
-                    (t.saturating_sub(2_000_000), *t),
-                ),
+                    timeout, t, error, ..
+                } => {
+                    if error.is_none() {
+                        c.releases_ok += 1;
+                    }
+                    // A release may take the budget plus the time faults that could hold
+                    // it up were active: cluster faults, and this worker's own (a
+                    // frozen worker cannot finish anything; a cut link delays it).
+                    let start = release_start.min(*t);
+                    let faulted = active_time(
+                        faults
+                            .iter()
+                            .filter(|f| !is_clock(f) && f.worker.map_or(true, |fw| fw == w)),
+                        start,
+                        *t,
+                    );
+                    let took = t - start;
+                    if *timeout {
+                        bad(
+                            "release-hung",
+                            format!("worker {w}: release() did not return in {} ms", took / 1000),
+                            (start, *t),
+                        );
+                    } else if took > release_budget + faulted {
+                        bad(
+                            "release-slow",
+                            format!(
+                                "worker {w}: release() took {} ms, more than {} ms + {} ms of faults",
+                                took / 1000,
+                                release_budget / 1000,
+                                faulted / 1000
+                            ),
+                            (start, *t),
+                        );
+                    }
+                }
                 Event::Done { .. } => done = true,
                 _ => {}
             }

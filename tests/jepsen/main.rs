@@ -258,7 +258,7 @@ async fn run_backend(backend: &'static str, o: &Options) -> Verdict {
 
     // Every worker stops by itself after its current attempt; one that does not is hung.
     let grace =
-        worker::lock_timeout(o.ttl) + worker::release_timeout(o.ttl) + Duration::from_secs(60);
+        worker::lock_timeout(o.ttl) + worker::release_give_up(o.ttl) + Duration::from_secs(60);
     let exits = tokio::task::block_in_place(|| support::wait_all(&mut children, grace));
     stop_thawing.store(true, Ordering::SeqCst);
     faults.extend(thawer.await.expect("thawer"));
@@ -653,6 +653,41 @@ fn checker_self_test() {
         verdict.unexplained_losses.len(),
         1,
         "a wall-clock step explained a loss"
+    );
+
+    // A release may take its budget (2 TTL + 10 s) plus the time faults that could hold
+    // it up were active, not more.
+    let slow_release = |took: u64, faults: Vec<Fault>| {
+        let mut g = grant(0, 1, 10, s, 2 * s, false);
+        if let Some(Event::Released { t, .. }) = g.last_mut() {
+            *t = 2 * s + took;
+        }
+        base(vec![with_done(g, 0)], vec![], faults)
+    };
+    let partition = || fault("partition-leader", None, 3 * s, 13 * s);
+    assert!(
+        !kinds(&slow_release(25 * s, vec![partition()])).contains(&"release-slow"),
+        "a release slowed by a 10 s partition within its budget flagged"
+    );
+    assert!(
+        kinds(&slow_release(25 * s, vec![])).contains(&"release-slow"),
+        "a release over its budget with no fault not flagged"
+    );
+    assert!(
+        kinds(&slow_release(
+            25 * s,
+            vec![fault("freeze", Some(1), 3 * s, 13 * s)]
+        ))
+        .contains(&"release-slow"),
+        "another worker's freeze excused a slow release"
+    );
+    assert!(
+        kinds(&slow_release(
+            31 * s,
+            vec![partition(), fault("freeze", Some(0), 8 * s, 14 * s)]
+        ))
+        .contains(&"release-slow"),
+        "overlapping faults counted twice for a slow release"
     );
 
     let mut hung = base(vec![grant(0, 1, 10, s, 2 * s, false)], vec![], vec![]);

@@ -65,9 +65,16 @@ pub fn lock_timeout(ttl: Duration) -> Duration {
     ttl * 6 + Duration::from_secs(30)
 }
 
-/// How long `release()` may take: it retries until the node is gone or the session is.
+/// How long `release()` may take beyond the time faults were active during it (the
+/// checker's budget): it retries until the node is gone or the session is.
 pub fn release_timeout(ttl: Duration) -> Duration {
     ttl * 2 + Duration::from_secs(10)
+}
+
+/// When the worker gives up on a `release()` (recorded as hung): far past the budget, so
+/// that a release slowed by faults still ends and the checker judges its duration.
+pub fn release_give_up(ttl: Duration) -> Duration {
+    release_timeout(ttl) + Duration::from_secs(60)
 }
 
 pub async fn run(a: WorkerArgs) {
@@ -146,7 +153,7 @@ pub async fn run(a: WorkerArgs) {
         if !outcome {
             log.put(&Event::ReleaseStart { w, op, t: now_us() });
         }
-        let r = tokio::time::timeout(release_timeout(a.ttl), g.release()).await;
+        let r = tokio::time::timeout(release_give_up(a.ttl), g.release()).await;
         log.put(&Event::Released {
             w,
             op,
