@@ -35,8 +35,13 @@ pub trait Cluster {
     /// `host:port` of every member's client port.
     fn client_addrs(&self) -> Vec<String>;
     /// Ends, from the server side, the session that owns the queue node `key` (as an
-    /// operator would); `Err` says why the backend cannot.
+    /// operator would); `Err` says why it could not (this time, or ever: see
+    /// [`Cluster::admin_expire_supported`]).
     fn admin_expire(&self, key: &str) -> Result<String, String>;
+    /// Whether the store has an operator command to end a session at all.
+    fn admin_expire_supported(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// How many members (servers) it has.
     fn members(&self) -> usize {
         1
@@ -157,6 +162,10 @@ impl Cluster for etcd::EtcdCluster {
     member_partitions!(etcd::EtcdCluster);
 }
 
+/// closeSession needs the session's password, which only its owner holds: there is no
+/// operator command for it in ZooKeeper 3.8.
+const ZK_NO_ADMIN_EXPIRE: &str = "ZooKeeper has no administrative session expiry";
+
 impl Cluster for zookeeper::ZkEnsemble {
     fn url(&self, root: &str, query: &str) -> String {
         zookeeper::ZkEnsemble::url(self, root, query)
@@ -183,9 +192,10 @@ impl Cluster for zookeeper::ZkEnsemble {
         self.hosts().split(',').map(str::to_owned).collect()
     }
     fn admin_expire(&self, _key: &str) -> Result<String, String> {
-        // closeSession needs the session's password, which only its owner holds: there
-        // is no operator command for it in ZooKeeper 3.8.
-        Err("ZooKeeper has no administrative session expiry".into())
+        Err(ZK_NO_ADMIN_EXPIRE.into())
+    }
+    fn admin_expire_supported(&self) -> Result<(), String> {
+        Err(ZK_NO_ADMIN_EXPIRE.into())
     }
     member_partitions!(zookeeper::ZkEnsemble);
 }
