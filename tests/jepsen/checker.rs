@@ -267,12 +267,23 @@ pub fn check(run: &Run) -> Verdict {
             // Nobody can hear of an operator's revoke before the server acts on it,
             // nor can a frozen process hear anything: there the register's fencing is
             // the guarantee, and the holder must learn of the loss right after.
+            // A holder frozen after the fault cannot learn while stopped: its deadline
+            // moves by the time it spent frozen since the fault began.
+            let frozen_since = |t0: u64| {
+                active_time(
+                    faults
+                        .iter()
+                        .filter(|f| is_freeze(f) && f.worker == Some(l.w)),
+                    t0,
+                    l.end,
+                )
+            };
             let excused = l.lost
                 && faults.iter().any(|f| {
                     (is_freeze(f) || f.kind == "admin-expire")
                         && touches(f, l)
                         && f.t0 <= from
-                        && l.end <= f.t1 + margin
+                        && l.end <= f.t1 + margin + frozen_since(f.t1)
                 });
             if excused {
                 excused_holders.insert((l.w, l.op));

@@ -655,6 +655,34 @@ fn checker_self_test() {
         "a wall-clock step explained a loss"
     );
 
+    // An operator revokes the holder's session, the lock passes on, and the holder is
+    // frozen right after (before it could hear): learning on the thaw is in time; with
+    // no freeze, learning that late is not.
+    let revoked = |frozen: bool| {
+        let mut f = vec![Fault {
+            session: Some(100),
+            ..fault("admin-expire", None, 2 * s, 2 * s + s / 10)
+        }];
+        if frozen {
+            f.push(fault("self-freeze", Some(0), 2 * s + s / 5, 10 * s));
+        }
+        base(
+            vec![
+                with_done(grant(0, 1, 10, s, 10 * s + s / 100, true), 0),
+                with_done(grant(1, 1, 11, 2 * s + s / 8, 3 * s, false), 1),
+            ],
+            vec![],
+            f,
+        )
+    };
+    assert!(
+        !kinds(&revoked(true)).contains(&"overlap"),
+        "a revoked holder frozen before it could hear, learning on the thaw, flagged"
+    );
+    assert!(
+        kinds(&revoked(false)).contains(&"overlap"),
+        "a revoked holder learning 8 s later with no freeze not flagged"
+    );
     // A release may take its budget (2 TTL + 10 s) plus the time faults that could hold
     // it up were active, not more.
     let slow_release = |took: u64, faults: Vec<Fault>| {
