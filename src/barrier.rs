@@ -279,11 +279,6 @@ impl fmt::Debug for DoubleBarrier {
     }
 }
 
-/// A node of ours (or one a create may have made) that is removed in the background
-/// unless disarmed: what makes a dropped `enter`, a dropped [`Entered`] and a dropped
-/// latch `wait` leave nothing behind.
-pub(crate) type Member = queue::Pending;
-
 impl DoubleBarrier {
     pub(crate) fn new(ctx: Arc<Context>, name: LockName, n: u32) -> Result<Self> {
         let n = positive(n, "double barrier", &name, "participant")?;
@@ -324,7 +319,7 @@ impl DoubleBarrier {
             "participants",
         )
         .await?;
-        let mut member = Member::new(
+        let mut member = queue::Pending::new(
             session.clone(),
             spec(&self.ctx, &self.members, NodeKind::Latch),
         );
@@ -392,7 +387,9 @@ pub struct Entered {
     ctx: Arc<Context>,
     members: String,
     /// Our participant node, removed in the background if dropped armed.
-    member: Member,
+    /// Our node: removed in the background unless disarmed, so a dropped `enter` or
+    /// [`Entered`] leaves nothing behind.
+    member: queue::Pending,
     /// The round's ready marks this participant saw: the last one out removes them.
     ready: Vec<Node>,
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use queuelock_core::{Ahead, LockName, NodeKind, NodeSpec, Result, Session};
 
-use crate::barrier::{agree_on_count, positive, recover, Member};
+use crate::barrier::{agree_on_count, positive, recover};
 use crate::queue::{self, Context, Deadline};
 
 /// A distributed count-down latch: [`CountDownLatch::wait`] returns once
@@ -196,7 +196,7 @@ impl CountDownLatch {
                     continue;
                 }
             }
-            let mut waiter = Member::new(
+            let mut waiter = queue::Pending::new(
                 session.clone(),
                 NodeSpec::new(&self.waiters, NodeKind::Latch, self.ctx.payload())
                     .with_ahead(Ahead::Nothing),

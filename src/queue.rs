@@ -369,7 +369,6 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
     let mut pending = Pending::new(session.clone(), spec);
     let created = pending.create().await.map_err(|e| gone_err(&*session, e))?;
     let me = created.node;
-    pending.node = Some(me.clone());
     if let Some(ahead) = created.ahead {
         labels.queue_depth(ahead);
         tracing::Span::current().record("position", ahead);
@@ -737,10 +736,16 @@ pub(crate) async fn remove_node(
 
 /// Removal that must happen even though nobody waits for it (a dropped future or guard).
 pub(crate) fn spawn_removal(session: Arc<dyn Session>, spec: Option<NodeSpec>, node: Option<Node>) {
+    spawn_cleanup(remove_node(session, spec, node));
+}
+
+/// Runs a queue node's removal in the background; without a runtime the node goes when
+/// its session ends.
+fn spawn_cleanup(removal: impl Future<Output = Result<()>> + Send + 'static) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
             rt.spawn(async move {
-                if let Err(e) = remove_node(session, spec, node).await {
+                if let Err(e) = removal.await {
                     tracing::warn!(error = %e, "could not remove a queue node in the background");
                 }
             });
@@ -873,23 +878,8 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let removal = self.take_removal();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    if let Err(e) = removal.await {
-                        tracing::warn!(error = %e, "could not remove a queue node in the background");
-                    }
-                });
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "no tokio runtime to remove a queue node; it goes when its session ends"
-                )
-            }
+        if self.armed {
+            spawn_cleanup(self.take_removal());
         }
     }
 }
