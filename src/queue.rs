@@ -39,7 +39,6 @@ use async_trait::async_trait;
 use queuelock_core::{
     Ahead, Created, Error, LossReason, Node, NodeKind, NodeSpec, Result, Session, SessionState,
 };
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -739,6 +738,43 @@ pub(crate) fn spawn_removal(session: Arc<dyn Session>, spec: Option<NodeSpec>, n
     spawn_cleanup(remove_node(session, spec, node));
 }
 
+/// Runs `work` in the caller's task, and to its end even if the caller stops waiting:
+/// dropped unfinished, the rest runs in a task of its own. For work that must finish
+/// (a release's delete) without a spawn and a cross-thread wake-up on every call.
+///
+/// Cancel safety: safe; that is what it is for.
+pub(crate) async fn finish<F>(work: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    struct Finish<F: Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
+    impl<F: Future + Send + 'static> Drop for Finish<F> {
+        fn drop(&mut self) {
+            if let Some(rest) = self.0.take() {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            rest.await;
+                        });
+                    }
+                    Err(_) => tracing::warn!(
+                        "no tokio runtime to finish a release; its node goes when its session ends"
+                    ),
+                }
+            }
+        }
+    }
+    let mut guard = Finish(Some(Box::pin(work)));
+    let out = std::future::poll_fn(|cx| match guard.0.as_mut() {
+        Some(f) => f.as_mut().poll(cx),
+        None => std::task::Poll::Pending,
+    })
+    .await;
+    guard.0 = None;
+    out
+}
+
 /// Runs a queue node's removal in the background; without a runtime the node goes when
 /// its session ends.
 fn spawn_cleanup(removal: impl Future<Output = Result<()>> + Send + 'static) {
@@ -756,6 +792,9 @@ fn spawn_cleanup(removal: impl Future<Output = Result<()>> + Send + 'static) {
     }
 }
 
+/// A create try in flight, owned (see [`Pending::create`]).
+type CreateTry = std::pin::Pin<Box<dyn Future<Output = Result<Created>> + Send>>;
+
 /// A node we created (or may have created) that is not held yet: an acquire's, a
 /// barrier member's, a latch waiter's. Dropped while armed, it removes the node in the
 /// background: this is what makes waiting cancel safe.
@@ -763,8 +802,9 @@ pub(crate) struct Pending {
     session: Arc<dyn Session>,
     pub(crate) spec: NodeSpec,
     pub(crate) node: Option<Node>,
-    /// The create try in flight when the caller stopped waiting for it.
-    inflight: Option<oneshot::Receiver<Result<Created>>>,
+    /// The create try in flight: polled by the caller while it waits, and handed to the
+    /// background removal if the caller stops waiting for it.
+    inflight: Option<CreateTry>,
     /// A create try ended without a clear answer: it may still take effect, so only the
     /// backend's `abandon` removes the attempt for sure.
     uncertain: bool,
@@ -784,9 +824,11 @@ impl Pending {
         }
     }
 
-    /// Creates the node, retrying connection trouble. Each try runs in a task of its
-    /// own, so a caller dropped mid-create leaves the try running and the removal learns
-    /// the node from its answer and deletes it. Only a try that ended without an answer
+    /// Creates the node, retrying connection trouble. Each try is an owned future kept
+    /// in the `Pending`, so a caller dropped mid-create leaves the try to the background
+    /// removal, which finishes it, learns the node from its answer and deletes it. (It
+    /// is polled in the caller's task rather than spawned: no task and no wake-up from
+    /// another thread on the path of every acquire.) Only a try that ended without an answer
     /// needs the backend's `abandon`, which on etcd and PostgreSQL keeps a tombstone for
     /// the rest of the session: cancelling one wait in five for hours must not grow the
     /// store (the soak measured exactly that growth before).
@@ -802,21 +844,20 @@ impl Pending {
         }
     }
 
-    /// One create try, in a task of its own (see [`Pending::create`]).
+    /// One create try, kept in the `Pending` while it runs (see [`Pending::create`]).
     ///
-    /// Cancel safety: safe; the try's outcome stays with the `Pending`.
+    /// Cancel safety: safe; the try (and so its outcome) stays with the `Pending`.
     async fn try_create(&mut self) -> Result<Created> {
-        let (tx, rx) = oneshot::channel();
         let (session, spec) = (self.session.clone(), self.spec.clone());
         // In the caller's span: the create shows in its acquire's trace.
-        tokio::spawn(
-            async move {
-                let _ = tx.send(session.create_sequential(&spec).await);
-            }
-            .in_current_span(),
-        );
-        let rx = self.inflight.insert(rx);
-        let r = rx.await.unwrap_or(Err(Error::Closed));
+        let try_: CreateTry =
+            Box::pin(async move { session.create_sequential(&spec).await }.in_current_span());
+        self.inflight = Some(try_);
+        let r = std::future::poll_fn(|cx| match self.inflight.as_mut() {
+            Some(f) => f.as_mut().poll(cx),
+            None => std::task::Poll::Ready(Err(Error::Closed)),
+        })
+        .await;
         self.inflight = None;
         match &r {
             Ok(c) => self.node = Some(c.node.clone()),
@@ -847,11 +888,11 @@ impl Pending {
         let (mut node, mut uncertain) = (self.node.take(), self.uncertain);
         let inflight = self.inflight.take();
         async move {
-            if let Some(rx) = inflight {
-                match rx.await {
-                    Ok(Ok(c)) => node = Some(c.node),
-                    Ok(Err(Error::SessionExpired(_))) => {}
-                    _ => uncertain = true,
+            if let Some(try_) = inflight {
+                match try_.await {
+                    Ok(c) => node = Some(c.node),
+                    Err(Error::SessionExpired(_)) => {}
+                    Err(_) => uncertain = true,
                 }
             }
             match (uncertain, node) {

@@ -192,3 +192,92 @@ async fn a_handoff_to_the_next_in_line_reads_nothing() {
         "a handoff must cost two creates and two deletes, no read: {calls:?}"
     );
 }
+
+/// The keys etcd has seen under `prefix` since revision `from` (puts and deletes), read
+/// from a watch that replays history (etcd keeps it until compaction).
+fn keys_written_since(
+    cluster: &EtcdCluster,
+    prefix: &str,
+    from: i64,
+) -> std::collections::BTreeSet<String> {
+    let out = std::process::Command::new("timeout")
+        .args(["3", "etcdctl"])
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", cluster.endpoints().join(",")))
+        .args(["watch", "--prefix", &format!("--rev={from}"), prefix])
+        .output()
+        .expect("etcdctl watch");
+    // Output: "PUT\nkey\nvalue\n" / "DELETE\nkey\n"; keep the line after each event name.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .filter(|w| w[0] == "PUT" || w[0] == "DELETE")
+        .map(|w| w[1].to_owned())
+        .collect()
+}
+
+/// The store revision now.
+fn revision(cluster: &EtcdCluster) -> i64 {
+    let out = cluster
+        .etcdctl(&cluster.endpoints(), &["endpoint", "status", "-w", "json"])
+        .expect("etcdctl endpoint status");
+    let i = out.find("\"revision\":").expect("revision in status") + "\"revision\":".len();
+    out[i..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .expect("revision")
+}
+
+/// A session takes one lock after another under the same key: etcd keeps every deleted
+/// key in its index until compaction and every read of the queue visits them, so fresh
+/// keys per attempt made reads grow with every grant. And a key reused while a waiter is
+/// blocked on its previous node (the holder releases and queues again at once, behind
+/// the waiter) must not make the waiter wait for the new node: the waiter is granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reuses_its_key_and_waiters_tell_the_nodes_apart() {
+    const CYCLES: usize = 30;
+    let cluster = EtcdCluster::start(1);
+    let a = Client::connect(&cluster.url("reuse", "ttl=30s"))
+        .await
+        .expect("connect");
+    let b = Client::new(a.backend().clone(), a.options().clone());
+    let ma = a.mutex("q").expect("name");
+    let from = revision(&cluster) + 1;
+    for _ in 0..CYCLES {
+        once(&ma).await;
+    }
+    let keys = keys_written_since(&cluster, "/reuse/q/", from);
+    assert_eq!(
+        keys.len(),
+        1,
+        "{CYCLES} cycles of one session used keys {keys:?}"
+    );
+
+    for round in 0..10 {
+        let held = ma.lock().await.expect("lock");
+        let mb = b.mutex("q").expect("name");
+        let waiter = tokio::spawn(async move { mb.lock().await.expect("waiter lock") });
+        while ma.waiters().await.expect("waiters").is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        // Release and queue again at once: `a`'s next node reuses the key `b` waits on.
+        held.release().await.expect("release");
+        let ma2 = a.mutex("q").expect("name");
+        let again = tokio::spawn(async move { ma2.lock().await.expect("relock") });
+        let granted = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("round {round}: the waiter was not granted after the release")
+            })
+            .expect("waiter task");
+        granted.release().await.expect("waiter release");
+        let relocked = tokio::time::timeout(std::time::Duration::from_secs(10), again)
+            .await
+            .expect("the relock was not granted")
+            .expect("relock task");
+        relocked.release().await.expect("relock release");
+    }
+}

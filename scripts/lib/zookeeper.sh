@@ -57,7 +57,8 @@ zk_alive() {
 # (per server: config, data, zookeeper.log) are for zk_stop. forceSync stays at its
 # default (yes). tickTime 200 ms lets tests use session timeouts from 400 ms; empty
 # container nodes are reaped every second (instead of every minute) so that tests can
-# watch it happen.
+# watch it happen, unless ZK_CONTAINER_CHECK_MS says otherwise (scripts/bench: 60000,
+# ZooKeeper's default, as in production).
 zk_start() {
   local members=${1:-1}
   ZK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/queuelock-zk.XXXXXX")
@@ -98,7 +99,7 @@ CFG
     java -Xmx512m -cp "$cp" \
       -Dzookeeper.log.dir="$dir" \
       -Dorg.slf4j.simpleLogger.defaultLogLevel=warn \
-      -Dznode.container.checkIntervalMs=1000 \
+      -Dznode.container.checkIntervalMs="${ZK_CONTAINER_CHECK_MS:-1000}" \
       org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" >"$dir/zookeeper.log" 2>&1 &
     ZK_PIDS+=($!)
   done

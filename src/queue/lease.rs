@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::delay::mark_released;
 use super::telemetry::HoldRecord;
-use super::{remove_node, settle, spawn_removal};
+use super::{finish, remove_node, settle, spawn_removal};
 use crate::metadata::HolderInfo;
 
 /// When a held lock counts as lost.
@@ -72,6 +72,9 @@ pub(crate) struct Lease {
     /// otherwise fire the holder's own watch on its own delete: a second notification
     /// per release).
     monitor: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whether the loss watch has set a watch on the node yet ([`WatchState`]): a short
+    /// hold's monitor never does, and then the release need not wait for it to stop.
+    watch_state: Arc<WatchState>,
     /// `true` once a revocation was requested and seen ([`Lease::watch_revocation`]).
     revoke: watch::Sender<bool>,
     /// The revocation watch's task, if the hold is revocable: stopped and awaited before
@@ -114,6 +117,7 @@ impl Lease {
             lost: lost.clone(),
             stop: CancellationToken::new(),
             monitor: std::sync::Mutex::new(None),
+            watch_state: Arc::new(WatchState::default()),
             revoke: watch::channel(false).0,
             revoke_watch: std::sync::Mutex::new(None),
             released: AtomicBool::new(false),
@@ -127,6 +131,7 @@ impl Lease {
             Latch { tx: lost, hold },
             lease.stop.clone(),
             policy,
+            lease.watch_state.clone(),
         ));
         *lease.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         lease
@@ -223,8 +228,8 @@ impl Lease {
 
     /// Deletes the node (once) and reports whether the lease was still held.
     ///
-    /// Cancel safety: safe; the deletion runs in its own task and finishes if this future
-    /// is dropped.
+    /// Cancel safety: safe; the deletion finishes in a task of its own if this future is
+    /// dropped.
     pub(crate) async fn release(&self) -> Result<()> {
         if self.released.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -237,7 +242,7 @@ impl Lease {
         let monitor = self.take_monitor();
         let (session, node) = (self.session.clone(), self.node.clone());
         let marker = self.marker.clone().filter(|_| loss.is_none());
-        let task = tokio::spawn(
+        let removed = finish(
             async move {
                 unwatch(monitor).await;
                 if let Some(marker) = marker {
@@ -246,10 +251,8 @@ impl Lease {
                 remove_node(session, None, Some(node)).await
             }
             .instrument(span.clone()),
-        );
-        let removed = task
-            .await
-            .unwrap_or_else(|e| Err(Error::connection(format!("release task failed: {e}"))));
+        )
+        .await;
         if let Some(hold) = &self.hold {
             hold.labels.release(started.elapsed());
         }
@@ -291,12 +294,29 @@ impl Lease {
         }
     }
 
-    /// The watch tasks (loss, revocation), taken to be stopped before the node goes.
+    /// The watch tasks (loss, revocation) that must have stopped before the node goes.
+    /// A loss watch that never set a watch is only aborted: it holds none to cancel.
     fn take_monitor(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        [&self.monitor, &self.revoke_watch]
-            .into_iter()
-            .filter_map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).take())
-            .collect()
+        let mut tasks = Vec::new();
+        if let Some(t) = self
+            .monitor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            if self.watch_state.stop() {
+                tasks.push(t);
+            } else {
+                t.abort();
+            }
+        }
+        tasks.extend(
+            self.revoke_watch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        tasks
     }
 
     fn latch(&self) -> Latch {
@@ -364,6 +384,35 @@ impl Latch {
 
 /// How long a hold goes before its node is watched (see [`monitor`]).
 const WATCH_HELD_AFTER: Duration = Duration::from_millis(100);
+
+/// Whether a loss watch has started watching its node, or was stopped first: one atomic
+/// that both sides change with a single read-modify-write, so exactly one of them wins
+/// (a monitor never starts a watch after the release looked and saw none).
+#[derive(Default)]
+struct WatchState(std::sync::atomic::AtomicU8);
+
+impl WatchState {
+    const IDLE: u8 = 0;
+    const WATCHING: u8 = 1;
+    const STOPPED: u8 = 2;
+
+    /// The monitor is about to watch: false if it was stopped first (then it must not).
+    fn start(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::IDLE,
+                Self::WATCHING,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
+    }
+
+    /// The release stops the monitor: true if it had started watching (wait for it).
+    fn stop(&self) -> bool {
+        self.0.swap(Self::STOPPED, Ordering::SeqCst) == Self::WATCHING
+    }
+}
 
 /// Stops the watches and waits until their futures (and so their watches) are dropped.
 ///
@@ -445,6 +494,7 @@ async fn monitor(
     tx: Latch,
     stop: CancellationToken,
     policy: LossPolicy,
+    watch_state: Arc<WatchState>,
 ) {
     let mut state = session.state();
     // A short hold sets no watch at all: no request, no server-side watcher, nothing to
@@ -472,6 +522,9 @@ async fn monitor(
             return;
         }
         _ = tokio::time::sleep(WATCH_HELD_AFTER) => {}
+    }
+    if !watch_state.start() {
+        return; // released meanwhile
     }
     loop {
         let watch_broken = tokio::select! {

@@ -1,7 +1,7 @@
 //! A session: one etcd lease, kept alive in the background, and every contract operation.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::map_error;
-use crate::keys::parse_kind;
+use crate::keys::{parse_kind, slot_of, Slots};
 use crate::watch::Event;
 use crate::Inner;
 
@@ -29,6 +29,8 @@ pub(crate) struct EtcdSession {
     shared: Arc<SessionStatus>,
     state: watch::Receiver<SessionState>,
     tasks: Vec<JoinHandle<()>>,
+    /// The queue-node key of each live attempt (reused: see [`Slots`]).
+    slots: StdMutex<Slots>,
 }
 
 impl fmt::Debug for EtcdSession {
@@ -73,6 +75,7 @@ impl EtcdSession {
             shared,
             state,
             tasks,
+            slots: StdMutex::new(Slots::default()),
         })
     }
 
@@ -88,8 +91,14 @@ impl EtcdSession {
         Ok(())
     }
 
-    /// Waits on a key watch for the key's deletion, or this session's loss.
-    async fn until_deleted(&self, reg: &mut crate::watch::Registration) -> Result<()> {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits on a key watch for the deletion of the node that `key` held at revision
+    /// `since`, or this session's loss. A put that re-creates the key (a reused slot: a
+    /// create revision after `since`) means that node is gone too.
+    async fn until_deleted(&self, reg: &mut crate::watch::Registration, since: u64) -> Result<()> {
         let mut state = self.state.clone();
         loop {
             let ev = tokio::select! {
@@ -98,7 +107,8 @@ impl EtcdSession {
             };
             match ev {
                 Event::Delete => return Ok(()),
-                Event::Put => continue,
+                Event::Put(created) if since != 0 && created as u64 > since => return Ok(()),
+                Event::Put(_) => continue,
                 Event::Broken => return Err(Error::connection("etcd watch broke")),
             }
         }
@@ -340,7 +350,8 @@ impl Session for EtcdSession {
     /// Cancel safety: a dropped call may have created the key; `abandon` removes it.
     async fn create_sequential(&self, spec: &NodeSpec) -> Result<Created> {
         self.check()?;
-        let key = self.inner.keys.node(self.lease, spec);
+        let slot = self.slots().take(spec);
+        let key = self.inner.keys.node(self.lease, spec, slot);
         let tomb = self.inner.keys.tombstone(self.lease, spec);
         let dir = self.inner.keys.queue_dir(&spec.queue);
         // Ours is the newest key right after the put: ask for it and the page behind it.
@@ -394,6 +405,7 @@ impl Session for EtcdSession {
             .filter(|n| n.key == rel)
             // Absent: the attempt was abandoned (its tombstone stopped the create).
             .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+        self.slots().created(spec, node.token);
         if !resp.succeeded() {
             // A retry of a create that took effect: read our turn afresh.
             let turn = self.turn(&spec.queue, &node, spec.ahead).await?;
@@ -460,17 +472,24 @@ impl Session for EtcdSession {
     /// Cancel safety: safe.
     async fn abandon(&self, spec: &NodeSpec) -> Result<()> {
         self.check()?;
-        let key = self.inner.keys.node(self.lease, spec);
         let tomb = self.inner.keys.tombstone(self.lease, spec);
-        let txn = Txn::new().and_then([
-            TxnOp::put(
-                tomb,
-                Vec::new(),
-                Some(PutOptions::new().with_lease(self.lease)),
-            ),
-            TxnOp::delete(key, None),
-        ]);
-        self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
+        let mut ops = vec![TxnOp::put(
+            tomb,
+            Vec::new(),
+            Some(PutOptions::new().with_lease(self.lease)),
+        )];
+        // The attempt's slot is still taken, so its key is this attempt's node if any.
+        if let Some(slot) = self.slots().get(spec) {
+            ops.push(TxnOp::delete(
+                self.inner.keys.node(self.lease, spec, slot),
+                None,
+            ));
+        }
+        self.kv()
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| self.fail(e))?;
+        self.slots().forget(spec.id);
         Ok(())
     }
 
@@ -507,7 +526,9 @@ impl Session for EtcdSession {
     }
 
     /// Opens the watch at the current revision (the fast path of etcd 3.4), then reads
-    /// the key unless nothing at all was written since `since`.
+    /// the key unless nothing at all was written since `since`. The node counts as
+    /// deleted when the key is gone or holds a newer node (created after `since`: a
+    /// session reuses its keys).
     ///
     /// Cancel safety: safe; dropping it cancels the watch.
     async fn deleted(&self, key: &str, since: u64) -> Result<()> {
@@ -517,14 +538,18 @@ impl Session for EtcdSession {
         if since == 0 || reg.revision as u64 != since {
             let resp = self
                 .kv()
-                .get(abs, Some(GetOptions::new().with_count_only()))
+                .get(abs, Some(GetOptions::new().with_keys_only()))
                 .await
                 .map_err(|e| self.fail(e))?;
-            if resp.count() == 0 {
+            let same = resp
+                .kvs()
+                .first()
+                .is_some_and(|kv| since == 0 || kv.create_revision() as u64 <= since);
+            if !same {
                 return Ok(());
             }
         }
-        self.until_deleted(&mut reg).await
+        self.until_deleted(&mut reg, since).await
     }
 
     /// A watch from `since + 1` and no read: the deletion cannot be missed, and etcd's
@@ -541,7 +566,7 @@ impl Session for EtcdSession {
             .watches
             .watch(self.inner.keys.abs(key), false, since as i64 + 1)
             .await?;
-        self.until_deleted(&mut reg).await
+        self.until_deleted(&mut reg, since).await
     }
 
     /// Watches the queue from `since + 1`: a past start revision is served by etcd's
@@ -582,6 +607,10 @@ impl Session for EtcdSession {
                 TxnOp::delete(self.inner.keys.revoke(&node.key), None),
             ]);
         self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
+        // Our node with this token is gone now (deleted, or gone before): its key is free.
+        if let Some((queue, slot)) = slot_of(&node.key, self.lease) {
+            self.slots().deleted(queue, slot, node.token);
+        }
         Ok(())
     }
 
@@ -645,7 +674,7 @@ impl Session for EtcdSession {
             _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
         };
         match ev {
-            Event::Put => Ok(()),
+            Event::Put(_) => Ok(()),
             // The request goes with the node (its delete, its lease).
             Event::Delete => Err(Error::LockLost(LossReason::NodeDeleted)),
             Event::Broken => Err(Error::connection("etcd watch broke")),

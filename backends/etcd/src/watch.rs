@@ -17,7 +17,8 @@ use crate::error::map_error;
 /// What a registration hears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Event {
-    Put,
+    /// A write, with the key's create revision (a new one: the key was re-created).
+    Put(i64),
     Delete,
     /// The stream broke or the server cancelled the watch: nothing more will come.
     Broken,
@@ -201,7 +202,7 @@ async fn run(mut client: WatchClient, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 for ev in resp.events() {
                     let e = match ev.event_type() {
                         EventType::Delete => Event::Delete,
-                        EventType::Put => Event::Put,
+                        EventType::Put => Event::Put(ev.kv().map_or(0, |kv| kv.create_revision())),
                     };
                     let _ = w.events.send(e);
                 }

@@ -104,13 +104,33 @@ impl ZkSession {
         }
         let prefix = format!("{dir}/{}", names::prefix(spec, self.inner.options.naming));
         let opts = CreateMode::EphemeralSequential.with_acls(self.inner.acls());
+        let dir_opts = CreateMode::Container.with_acls(self.inner.acls());
+        // Whether the parent was just found missing: then its create goes first, in the
+        // same round trip.
+        let mut missing = false;
         for _ in 0..MAX_RACES {
-            // Both requests are sent now, in this order (zookeeper-client sends when the
+            // The requests are sent now, in this order (zookeeper-client sends when the
             // method is called, not when the future is polled), and awaited together:
-            // one round trip, and the children read sees our node.
+            // one round trip, and the children read sees our node. A parent found
+            // missing (an empty container the server reaped) is created in front of
+            // them, still one round trip, rather than in one of its own.
+            let parent =
+                (missing && dir != self.inner.chroot).then(|| client.create(&dir, &[], &dir_opts));
             let create = client.create(&prefix, &spec.payload, &opts);
             let children = client.get_children(&dir);
-            let (created, children) = tokio::join!(create, children);
+            let parent = async {
+                match parent {
+                    Some(p) => p.await.map(|_| ()),
+                    None => Ok(()),
+                }
+            };
+            let (parent, created, children) = tokio::join!(parent, create, children);
+            match parent {
+                Ok(()) | Err(ZkError::NodeExists) => {}
+                // Its own parent is missing too: the create below failed as well.
+                Err(ZkError::NoNode) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
             match created {
                 Ok((stat, seq)) => {
                     let key = format!(
@@ -125,9 +145,14 @@ impl ZkSession {
                         .listing(&spec.queue, &children, parent.pzxid, Some((&key, token)))
                         .created(&key, spec.ahead);
                 }
+                Err(ZkError::NoNode) if !missing => {
+                    // Parent missing (reaped as an empty container): create it in front
+                    // of the next try.
+                    missing = true;
+                }
                 Err(ZkError::NoNode) => {
-                    // Parent missing (or reaped as an empty container between our mkdir
-                    // and the create): create it, try again.
+                    // Still missing: an ancestor too, or the container was reaped again
+                    // between its create and ours. Create the whole path, try again.
                     self.mkdirs(client, &dir).await?;
                 }
                 Err(ZkError::ConnectionLoss) => {
