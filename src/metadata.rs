@@ -34,7 +34,7 @@ impl HolderInfo {
     /// Metadata for this process, now.
     pub fn now(label: Option<&str>) -> Self {
         HolderInfo {
-            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            host: host().to_owned(),
             pid: std::process::id(),
             queued_at_ms: now_ms(),
             label: label.map(str::to_owned),
@@ -67,6 +67,12 @@ impl HolderInfo {
 }
 
 /// Milliseconds since the Unix epoch, now (0 if the clock is before it).
+/// This machine's host name, read once (it is in every node's metadata).
+fn host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -50,6 +50,7 @@
 
 mod error;
 mod keys;
+mod renew;
 mod session;
 mod watch;
 
@@ -138,6 +139,7 @@ pub(crate) struct Inner {
     pub(crate) client: etcd_client::Client,
     pub(crate) keys: Keys,
     pub(crate) watches: WatchHub,
+    pub(crate) renewer: renew::Renewer,
     endpoints: Vec<String>,
 }
 
@@ -193,6 +195,7 @@ impl EtcdBackend {
         Ok(EtcdBackend {
             inner: Arc::new(Inner {
                 watches: WatchHub::new(client.watch_client()),
+                renewer: renew::Renewer::new(client.clone()),
                 client,
                 keys,
                 endpoints,

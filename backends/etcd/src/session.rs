@@ -59,10 +59,8 @@ impl EtcdSession {
         let shared = Arc::new(SessionStatus::with_deadline(sent + ttl));
         let state = shared.subscribe();
         let lease = grant.id();
-        let tasks = vec![
-            tokio::spawn(keep_alive(inner.client.clone(), lease, ttl, shared.clone())),
-            tokio::spawn(watchdog(shared.clone())),
-        ];
+        inner.renewer.keep(lease, ttl, &shared);
+        let tasks = vec![tokio::spawn(watchdog(shared.clone()))];
         tracing::debug!(
             lease = format_args!("{lease:x}"),
             ?ttl,
@@ -252,52 +250,6 @@ impl Drop for EtcdSession {
                 });
             }
         }
-    }
-}
-
-/// Keeps the lease alive at TTL/3, always draining the responses. Suspended while
-/// keep-alives fail; Lost when the server says the lease is gone.
-async fn keep_alive(
-    mut client: etcd_client::Client,
-    lease: i64,
-    ttl: Duration,
-    shared: Arc<SessionStatus>,
-) {
-    let period = ttl / 3;
-    loop {
-        let (mut keeper, mut responses) = match client.lease_keep_alive(lease).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::debug!(error = %e, "etcd keep-alive stream failed");
-                shared.set(SessionState::Suspended);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-        };
-        loop {
-            let sent = Instant::now();
-            if keeper.keep_alive().await.is_err() {
-                shared.set(SessionState::Suspended);
-                break;
-            }
-            match tokio::time::timeout(period, responses.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() <= 0 => {
-                    tracing::warn!(lease = format_args!("{lease:x}"), "etcd lease expired");
-                    shared.set(SessionState::Lost);
-                    return;
-                }
-                Ok(Ok(Some(r))) => {
-                    shared.renew(sent + Duration::from_secs(r.ttl() as u64));
-                    shared.set(SessionState::Live);
-                }
-                _ => {
-                    shared.set(SessionState::Suspended);
-                    break;
-                }
-            }
-            tokio::time::sleep_until((sent + period).into()).await;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
