@@ -175,7 +175,7 @@ impl EtcdCluster {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Revokes the lease that owns queue node `key` (`.../<lease hex>-<kind>-<uuid>`), as
+    /// Revokes the lease that owns queue node `key` (`.../<lease hex>-<kind>-<slot>`), as
     /// `etcdctl lease revoke` would; returns the lease.
     pub fn revoke_lease_of(&self, key: &str) -> Result<String, String> {
         let last = key.rsplit('/').next().unwrap_or(key);

@@ -167,7 +167,8 @@ impl Keys {
     }
 }
 
-/// The lease that owns a queue node, from its name (`<lease hex>-<kind>-<uuid>`, or
+/// The lease that owns a queue node, from its name (`<lease hex>-<kind>-<slot>`, older
+/// versions' `<lease hex>-<kind>-<uuid>`, or
 /// `etcdctl lock`'s `<lease hex>`).
 pub(crate) fn lease_of(key: &str) -> Option<i64> {
     let name = key.rsplit('/').next()?;

@@ -2,19 +2,25 @@
 //!
 //! Implements the queuelock backend contract on etcd v3 (`etcd-client`):
 //!
-//! * a **session** is a lease kept alive in the background at TTL/3. It turns
+//! * a **session** is a lease kept alive in the background at TTL/3, by one renewal task
+//!   per backend for all its sessions (each renewal a short keep-alive stream). It turns
 //!   `Suspended` when keep-alives fail and `Lost` when the lease is gone or when the
 //!   client's conservative deadline passes (send time of the last acknowledged keep-alive
 //!   + TTL), so the client never believes in a lease the server has already expired;
-//! * a queue node is the key `<prefix>/<queue>/<lease id hex>-<kind>-<attempt uuid>`,
-//!   bound to the lease and created with one transaction that also reads the queue, as
+//! * a queue node is the key `<prefix>/<queue>/<lease id hex>-<kind>-<slot>`, where the
+//!   slot is the lowest number of the queue no other live attempt of the session holds:
+//!   a session reuses its keys, as Go's Mutex reuses `<queue>/<lease hex>`, because
+//!   etcd's index keeps every deleted key until compaction and every read of the queue
+//!   walks them. It is bound to the lease and created with one transaction that also reads the queue, as
 //!   etcd's Go `concurrency.Mutex` does. The queue is every key under `<queue>/`, ordered
 //!   by `create_revision` — the layout `etcdctl lock <queue>` uses, so Go clients and
 //!   queuelock exclude each other. Order and fencing token are the `create_revision`;
 //! * waiting watches one key for deletion, over **one watch stream per backend**
 //!   multiplexing every watch. A watch is opened at the current revision and only then is
 //!   the key read: etcd 3.4 serves watches that start in the past from a slow "unsynced"
-//!   path polled every 100 ms, which caps Go's mutex at ~10 grants/s per waiter;
+//!   path polled every 100 ms, which caps Go's mutex at ~10 grants/s per waiter. A
+//!   waiter's reads are served without a round of consensus (serializable) unless the
+//!   member's revision is older than what the waiter has already seen;
 //! * deletes and guarded writes compare the node's `create_revision`, so a late delete
 //!   never removes a newer key.
 //!

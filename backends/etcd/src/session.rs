@@ -1,6 +1,7 @@
 //! A session: one etcd lease, kept alive in the background, and every contract operation.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub(crate) struct EtcdSession {
     tasks: Vec<JoinHandle<()>>,
     /// The queue-node key of each live attempt (reused: see [`Slots`]).
     slots: StdMutex<Slots>,
+    /// The newest revision this session has seen a waiter's blocker deleted at: a
+    /// waiter's next read must not be older (see [`EtcdSession::read`]).
+    seen: AtomicI64,
 }
 
 impl fmt::Debug for EtcdSession {
@@ -74,6 +78,7 @@ impl EtcdSession {
             state,
             tasks,
             slots: StdMutex::new(Slots::default()),
+            seen: AtomicI64::new(0),
         })
     }
 
@@ -104,8 +109,14 @@ impl EtcdSession {
                 _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
             };
             match ev {
-                Event::Delete => return Ok(()),
-                Event::Put(created) if since != 0 && created as u64 > since => return Ok(()),
+                Event::Delete(at) => {
+                    self.seen.fetch_max(at, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Event::Put(created) if since != 0 && created as u64 > since => {
+                    self.seen.fetch_max(created, Ordering::Relaxed);
+                    return Ok(());
+                }
                 Event::Put(_) => continue,
                 Event::Broken => return Err(Error::connection("etcd watch broke")),
             }
@@ -162,18 +173,47 @@ impl EtcdSession {
     /// `before`, newest first: how a waiter finds the one node it waits for without
     /// reading the queue (Go's Mutex reads its predecessor the same way). etcd sorts on
     /// the server; only `limit` keys cross the network.
-    fn older(&self, queue: &str, before: i64, limit: i64) -> TxnOp {
-        TxnOp::get(
-            self.inner.keys.queue_dir(queue),
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_sort(SortTarget::Create, SortOrder::Descend)
-                    .with_max_create_revision(before - 1)
-                    .with_limit(limit),
-            ),
-        )
+    fn older(&self, queue: &str, before: i64, limit: i64, serializable: bool) -> TxnOp {
+        let mut opts = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_max_create_revision(before - 1)
+            .with_limit(limit);
+        if serializable {
+            opts = opts.with_serializable();
+        }
+        TxnOp::get(self.inner.keys.queue_dir(queue), Some(opts))
+    }
+
+    /// A read-only transaction, first served by the member we reach without a round of
+    /// consensus (serializable), and again linearizably only if that member's revision
+    /// is older than `floor`. Safe for a waiter's reads: what they decide on only ever
+    /// becomes more true with time (a key older than ours never appears; a deleted node
+    /// never comes back, a reused key holds a newer node), so any state from `floor` on
+    /// (our create, the blocker's deletion, the watch's start) is as good as the latest.
+    /// A linearizable read would wait for etcd's raft loop, which under write load is
+    /// busy with the fsync of the last batch: that wait was on every handoff's path.
+    ///
+    /// Cancel safety: safe (read only).
+    async fn read(
+        &self,
+        floor: i64,
+        ops: impl Fn(bool) -> Vec<TxnOp>,
+    ) -> Result<etcd_client::TxnResponse> {
+        let floor = floor.max(self.seen.load(Ordering::Relaxed));
+        let resp = self
+            .kv()
+            .txn(Txn::new().and_then(ops(true)))
+            .await
+            .map_err(|e| self.fail(e))?;
+        if resp.header().map_or(0, |h| h.revision()) >= floor {
+            return Ok(resp);
+        }
+        self.kv()
+            .txn(Txn::new().and_then(ops(false)))
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     /// The first node of `kvs` (newest first) that `ahead` selects, and whether it is
@@ -212,7 +252,7 @@ impl EtcdSession {
         loop {
             let resp = self
                 .kv()
-                .txn(Txn::new().and_then([self.older(queue, before, limit)]))
+                .txn(Txn::new().and_then([self.older(queue, before, limit, false)]))
                 .await
                 .map_err(|e| self.fail(e))?;
             let revision = resp.header().map_or(0, |h| h.revision()) as u64;
@@ -393,15 +433,19 @@ impl Session for EtcdSession {
         self.check()?;
         let key = self.inner.keys.abs(&me.key);
         let limit = Self::first_page(ahead);
-        let mut ops = vec![TxnOp::get(key, Some(GetOptions::new().with_keys_only()))];
-        if ahead != Ahead::Nothing && me.sequence > 1 {
-            ops.push(self.older(queue, me.sequence as i64, limit));
-        }
         let resp = self
-            .kv()
-            .txn(Txn::new().and_then(ops))
-            .await
-            .map_err(|e| self.fail(e))?;
+            .read(me.sequence as i64, |serializable| {
+                let mut own = GetOptions::new().with_keys_only();
+                if serializable {
+                    own = own.with_serializable();
+                }
+                let mut ops = vec![TxnOp::get(key.clone(), Some(own))];
+                if ahead != Ahead::Nothing && me.sequence > 1 {
+                    ops.push(self.older(queue, me.sequence as i64, limit, serializable));
+                }
+                ops
+            })
+            .await?;
         let revision = resp.header().map_or(0, |h| h.revision()) as u64;
         let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
             TxnOpResponse::Get(g) => Some(g.kvs().to_vec()),
@@ -488,13 +532,17 @@ impl Session for EtcdSession {
         let abs = self.inner.keys.abs(key);
         let mut reg = self.inner.watches.watch(abs.clone(), false, 0).await?;
         if since == 0 || reg.revision as u64 != since {
+            // From the watch's start on: a deletion after that read is the watch's.
             let resp = self
-                .kv()
-                .get(abs, Some(GetOptions::new().with_keys_only()))
-                .await
-                .map_err(|e| self.fail(e))?;
-            let same = resp
-                .kvs()
+                .read(reg.revision, |serializable| {
+                    let mut opts = GetOptions::new().with_keys_only();
+                    if serializable {
+                        opts = opts.with_serializable();
+                    }
+                    vec![TxnOp::get(abs.clone(), Some(opts))]
+                })
+                .await?;
+            let same = get_response(&resp)
                 .first()
                 .is_some_and(|kv| since == 0 || kv.create_revision() as u64 <= since);
             if !same {
@@ -628,7 +676,7 @@ impl Session for EtcdSession {
         match ev {
             Event::Put(_) => Ok(()),
             // The request goes with the node (its delete, its lease).
-            Event::Delete => Err(Error::LockLost(LossReason::NodeDeleted)),
+            Event::Delete(_) => Err(Error::LockLost(LossReason::NodeDeleted)),
             Event::Broken => Err(Error::connection("etcd watch broke")),
         }
     }

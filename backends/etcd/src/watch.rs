@@ -19,7 +19,8 @@ use crate::error::map_error;
 pub(crate) enum Event {
     /// A write, with the key's create revision (a new one: the key was re-created).
     Put(i64),
-    Delete,
+    /// A deletion, at this revision.
+    Delete(i64),
     /// The stream broke or the server cancelled the watch: nothing more will come.
     Broken,
 }
@@ -201,7 +202,9 @@ async fn run(mut client: WatchClient, mut rx: mpsc::UnboundedReceiver<Cmd>) {
                 }
                 for ev in resp.events() {
                     let e = match ev.event_type() {
-                        EventType::Delete => Event::Delete,
+                        EventType::Delete => {
+                            Event::Delete(ev.kv().map_or(0, |kv| kv.mod_revision()))
+                        }
                         EventType::Put => Event::Put(ev.kv().map_or(0, |kv| kv.create_revision())),
                     };
                     let _ = w.events.send(e);
