@@ -385,11 +385,20 @@ pub fn check(run: &Run) -> Verdict {
     let release_budget = us(crate::worker::release_timeout(run.ttl));
     for (w, events) in run.workers.iter().enumerate() {
         let mut done = false;
-        let mut release_start = 0;
+        // When this op's release() was called: its `release_start`, or, after a loss
+        // (the worker logs none then), the op's last event before the release.
+        let mut release_start: Option<u64> = None;
+        let mut last = 0;
         for e in events {
+            if !matches!(e, Event::Released { .. }) {
+                last = event_time(e);
+            }
             match e {
-                Event::ReleaseStart { t, .. } => release_start = *t,
-                Event::Invoke { .. } => c.attempts += 1,
+                Event::ReleaseStart { t, .. } => release_start = Some(*t),
+                Event::Invoke { .. } => {
+                    c.attempts += 1;
+                    release_start = None;
+                }
                 Event::Granted { .. } => {
                     c.grants += 1;
                     c.grants_per_worker[w] += 1;
@@ -435,7 +444,7 @@ pub fn check(run: &Run) -> Verdict {
                     // A release may take the budget plus the time faults that could hold
                     // it up were active: cluster faults, and this worker's own (a
                     // frozen worker cannot finish anything; a cut link delays it).
-                    let start = release_start.min(*t);
+                    let start = release_start.unwrap_or(last).min(*t);
                     let faulted = active_time(
                         faults
                             .iter()
