@@ -74,6 +74,8 @@ pub(crate) struct Context {
     /// Lock-delay after a lost holder; zero: none (nothing extra read or written).
     lock_delay: Duration,
     telemetry: Arc<Telemetry>,
+    /// Starts the loss watches of holds that last.
+    monitors: lease::Monitors,
 }
 
 impl std::fmt::Debug for Context {
@@ -106,6 +108,7 @@ impl Context {
             patience: (ttl * 2).max(Duration::from_secs(10)),
             lock_delay: Duration::ZERO,
             telemetry: Arc::new(Telemetry::new(backend, names)),
+            monitors: lease::Monitors::default(),
         }
     }
 
@@ -416,7 +419,15 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             // A holder with a lock-delay marks its release, so that waiters can tell it
             // from a loss.
             let marker = delayed.then(|| delay::marker(req.queue));
-            let lease = Lease::grant(session.clone(), me, read.revision, ctx.policy, hold, marker);
+            let lease = Lease::grant(
+                session.clone(),
+                me,
+                read.revision,
+                ctx.policy,
+                hold,
+                marker,
+                &ctx.monitors,
+            );
             if req.revocable && req.admission.is_none() && req.payload.is_none() {
                 lease.watch_revocation(info);
             }
@@ -573,6 +584,7 @@ async fn enter(
         ctx.policy,
         Some(hold_record(labels)),
         None,
+        &ctx.monitors,
     ))
 }
 

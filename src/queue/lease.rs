@@ -1,7 +1,7 @@
 //! A held node ([`Lease`]) and when it counts as lost ([`LossPolicy`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use queuelock_core::{Error, LossReason, Node, Op, Result, Session, SessionState};
@@ -81,6 +81,8 @@ pub(crate) struct Lease {
     /// the node is deleted, like the loss watch.
     revoke_watch: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     released: AtomicBool,
+    /// The revision at which the node was known to exist (the grant's read).
+    since: u64,
     /// The hold's metrics and span; `None` for a lease that is not a hold (the
     /// semaphore's turn in its waiting line).
     hold: Option<Arc<HoldRecord>>,
@@ -100,6 +102,7 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// A held `node`; its loss watch starts if the hold lasts (see [`Monitors`]).
     pub(super) fn grant(
         session: Arc<dyn Session>,
         node: Node,
@@ -107,34 +110,45 @@ impl Lease {
         policy: LossPolicy,
         hold: Option<HoldRecord>,
         marker: Option<String>,
+        monitors: &Monitors,
     ) -> Arc<Self> {
-        let (lost, _) = watch::channel(None);
-        let hold = hold.map(Arc::new);
         let lease = Arc::new(Lease {
-            session: session.clone(),
-            node: node.clone(),
+            session,
+            node,
             policy,
-            lost: lost.clone(),
+            lost: watch::channel(None).0,
             stop: CancellationToken::new(),
             monitor: std::sync::Mutex::new(None),
             watch_state: Arc::new(WatchState::default()),
             revoke: watch::channel(false).0,
             revoke_watch: std::sync::Mutex::new(None),
             released: AtomicBool::new(false),
-            hold: hold.clone(),
+            since,
+            hold: hold.map(Arc::new),
             marker,
         });
-        let task = tokio::spawn(monitor(
-            session,
-            node.key,
-            since,
-            Latch { tx: lost, hold },
-            lease.stop.clone(),
-            policy,
-            lease.watch_state.clone(),
-        ));
-        *lease.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        monitors.register(&lease);
         lease
+    }
+
+    /// Starts the loss watch (from [`Monitors`], once the hold has lasted), unless the
+    /// lease was released first.
+    fn start_monitor(&self) {
+        let mut slot = self.monitor.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock `take_monitor` takes after setting `released`: either
+        // we see it released, or the release finds (and stops) the task.
+        if self.released.load(Ordering::SeqCst) || slot.is_some() {
+            return;
+        }
+        *slot = Some(tokio::spawn(monitor(
+            self.session.clone(),
+            self.node.key.clone(),
+            self.since,
+            self.latch(),
+            self.stop.clone(),
+            self.policy,
+            self.watch_state.clone(),
+        )));
     }
 
     /// The held node.
@@ -222,6 +236,8 @@ impl Lease {
             tokio::select! {
                 _ = rx.changed() => {}
                 r = state.changed() => if r.is_err() { return LossReason::SessionLost },
+                // The client-side deadline, here too: a short hold has no loss watch yet.
+                _ = past_deadline(&*self.session) => {}
             }
         }
     }
@@ -385,6 +401,86 @@ impl Latch {
 /// How long a hold goes before its node is watched (see [`monitor`]).
 const WATCH_HELD_AFTER: Duration = Duration::from_millis(100);
 
+/// Starts the loss watch of each hold that lasts [`WATCH_HELD_AFTER`], from one task per
+/// client. Until then a hold needs no task of its own: its session's state and deadline
+/// are read by [`Lease::loss`] and waited on by [`Lease::lost`], and a node deleted by
+/// someone else in that time is reported when the watch starts (from the grant's
+/// revision, so it is not missed). A task per grant cost a spawn, and a wake-up of
+/// another worker thread to run it and again to stop it, on every lock + release.
+#[derive(Default)]
+pub(crate) struct Monitors {
+    inner: Arc<MonitorsInner>,
+}
+
+#[derive(Default)]
+struct MonitorsInner {
+    /// Holds in grant order (so by due time), each due `WATCH_HELD_AFTER` after it.
+    due: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, Weak<Lease>)>>,
+    wake: tokio::sync::Notify,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Monitors {
+    fn register(&self, lease: &Arc<Lease>) {
+        let first = {
+            let mut due = self.inner.due.lock().unwrap_or_else(|p| p.into_inner());
+            due.push_back((
+                tokio::time::Instant::now() + WATCH_HELD_AFTER,
+                Arc::downgrade(lease),
+            ));
+            due.len() == 1
+        };
+        let mut task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner());
+        // (Re)started on the caller's runtime if it is not running (a runtime that
+        // ended took it along).
+        if task.as_ref().map_or(true, |t| t.is_finished()) {
+            *task = Some(tokio::spawn(run_monitors(self.inner.clone())));
+        } else if first {
+            self.inner.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for Monitors {
+    fn drop(&mut self) {
+        if let Some(t) = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+    }
+}
+
+/// The [`Monitors`] task: sleeps until the oldest hold is due, starts the loss watch of
+/// every due hold still held, waits for a hold when there is none.
+async fn run_monitors(inner: Arc<MonitorsInner>) {
+    loop {
+        let next = {
+            let mut due = inner.due.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            while let Some((at, _)) = due.front() {
+                if *at > now {
+                    break;
+                }
+                if let Some((_, lease)) = due.pop_front() {
+                    if let Some(lease) = lease.upgrade() {
+                        lease.start_monitor();
+                    }
+                }
+            }
+            due.front().map(|(at, _)| *at)
+        };
+        match next {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => inner.wake.notified().await,
+        }
+    }
+}
+
 /// Whether a loss watch has started watching its node, or was stopped first: one atomic
 /// that both sides change with a single read-modify-write, so exactly one of them wins
 /// (a monitor never starts a watch after the release looked and saw none).
@@ -510,19 +606,6 @@ async fn monitor(
     // after the next grant). Pinned once, so it is one timer for the whole hold.
     let deadline = past_deadline(&*session);
     tokio::pin!(deadline);
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        s = state.wait_for(|s| classify(*s, policy).is_some()) => {
-            let reason = s.ok().and_then(|s| classify(*s, policy)).unwrap_or(LossReason::SessionLost);
-            tx.set(reason);
-            return;
-        }
-        _ = &mut deadline => {
-            tx.set(LossReason::SessionLost);
-            return;
-        }
-        _ = tokio::time::sleep(WATCH_HELD_AFTER) => {}
-    }
     if !watch_state.start() {
         return; // released meanwhile
     }
