@@ -148,11 +148,20 @@ pub async fn run(args: RunArgs) -> BResult<()> {
             herd_own: true,
         }),
         // Every zookeeper-client session is its own connection: one herd says it all.
-        "zookeeper" => impls.push(Impl {
-            name: "zookeeper-client LockClient (Rust)".into(),
-            command: rust("zookeeper-client"),
-            herd_own: false,
-        }),
+        "zookeeper" => {
+            impls.push(Impl {
+                name: "zookeeper-client LockClient (Rust)".into(),
+                command: rust("zookeeper-client"),
+                herd_own: false,
+            });
+            // LockClient releases by drop (the delete is sent, never awaited): the same
+            // for queuelock, like for like.
+            impls.push(Impl {
+                name: "queuelock, released by drop (as LockClient)".into(),
+                command: rust("queuelock-drop"),
+                herd_own: false,
+            });
+        }
         // A session-level advisory lock is a connection's: one herd says it all.
         "postgres" => impls.push(Impl {
             name: "pg_advisory_lock (tokio-postgres)".into(),

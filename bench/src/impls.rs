@@ -26,9 +26,19 @@ pub struct QueueLock {
     /// NOTIFYs it receives (the herd's notifications; PostgreSQL counts none itself).
     pg: Option<queuelock_postgres::PgBackend>,
     clients: StdMutex<Vec<queuelock::Client>>,
+    /// Release by dropping the guard (the deletion runs in the background, unawaited),
+    /// as `zookeeper-client`'s `LockClient` releases: the like-for-like row for it.
+    by_drop: bool,
 }
 
 impl QueueLock {
+    /// [`QueueLock::new`], releasing by drop.
+    pub async fn new_by_drop(backend: &str, endpoint: &str) -> BResult<Self> {
+        let mut q = Self::new(backend, endpoint).await?;
+        q.by_drop = true;
+        Ok(q)
+    }
+
     /// `backend` is `etcd`, `zookeeper`, `postgres` or `redis`; `endpoint` is `host:port`
     /// (a comma-separated member list on etcd and ZooKeeper).
     pub async fn new(backend: &str, endpoint: &str) -> BResult<Self> {
@@ -61,6 +71,7 @@ impl QueueLock {
             shared,
             pg,
             clients: StdMutex::new(Vec::new()),
+            by_drop: false,
         })
     }
 
@@ -69,7 +80,7 @@ impl QueueLock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(client.clone());
-        Arc::new(QlLocker(client))
+        Arc::new(QlLocker(client, self.by_drop))
     }
 }
 
@@ -112,15 +123,31 @@ impl Factory for QueueLock {
     }
 }
 
-struct QlLocker(queuelock::Client);
+struct QlLocker(queuelock::Client, bool);
 
 #[async_trait]
 impl Locker for QlLocker {
     async fn lock(&self, name: &str) -> BResult<Box<dyn Held>> {
-        Ok(Box::new(self.0.mutex(name)?.lock().await?))
+        let guard = self.0.mutex(name)?.lock().await?;
+        Ok(if self.1 {
+            Box::new(DroppedOnRelease(guard))
+        } else {
+            Box::new(guard)
+        })
     }
     async fn close(&self) -> BResult<()> {
         Ok(self.0.close().await?)
+    }
+}
+
+/// A guard released by dropping it: `Drop` deletes the node in the background.
+struct DroppedOnRelease(#[allow(dead_code)] queuelock::MutexGuard);
+
+#[async_trait]
+impl Held for DroppedOnRelease {
+    async fn release(self: Box<Self>) -> BResult<()> {
+        drop(self);
+        Ok(())
     }
 }
 

@@ -150,6 +150,7 @@ async fn factory(
 ) -> BResult<Box<dyn scenario::Factory>> {
     Ok(match (implementation, backend) {
         ("queuelock", _) => Box::new(impls::QueueLock::new(backend, endpoint).await?),
+        ("queuelock-drop", _) => Box::new(impls::QueueLock::new_by_drop(backend, endpoint).await?),
         ("etcd-client", "etcd") => Box::new(impls::EtcdClientLock::new(endpoint).await?),
         ("zookeeper-client", "zookeeper") => Box::new(impls::ZkClientLock::new(endpoint)),
         ("pg-advisory", "postgres") => Box::new(stores::PgAdvisory::new(endpoint)),
