@@ -150,12 +150,12 @@ impl Slots {
 /// The queue and slot of a node key of `lease` (`<queue>/<lease hex>-<kind>-<slot>`),
 /// if it is one of this session's.
 pub(crate) fn slot_of(key: &str, lease: i64) -> Option<(&str, u32)> {
+    if lease_of(key)? != lease {
+        return None;
+    }
     let (queue, name) = key.rsplit_once('/')?;
-    let mut parts = name.splitn(3, '-');
-    let owner = u64::from_str_radix(parts.next()?, 16).ok()? as i64;
-    let _kind = parts.next()?;
-    let slot = parts.next()?.parse().ok()?;
-    (owner == lease).then_some((queue, slot))
+    let slot = name.splitn(3, '-').nth(2)?.parse().ok()?;
+    Some((queue, slot))
 }
 
 impl Keys {

@@ -174,15 +174,11 @@ impl EtcdSession {
     /// reading the queue (Go's Mutex reads its predecessor the same way). etcd sorts on
     /// the server; only `limit` keys cross the network.
     fn older(&self, queue: &str, before: i64, limit: i64, serializable: bool) -> TxnOp {
-        let mut opts = GetOptions::new()
+        let opts = keys_only(serializable)
             .with_prefix()
-            .with_keys_only()
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_max_create_revision(before - 1)
             .with_limit(limit);
-        if serializable {
-            opts = opts.with_serializable();
-        }
         TxnOp::get(self.inner.keys.queue_dir(queue), Some(opts))
     }
 
@@ -302,6 +298,17 @@ async fn watchdog(shared: Arc<SessionStatus>) {
             shared.set(SessionState::Lost);
             return;
         }
+    }
+}
+
+/// Options for a keys-only read, served without consensus if `serializable` (see
+/// [`EtcdSession::read`]).
+fn keys_only(serializable: bool) -> GetOptions {
+    let opts = GetOptions::new().with_keys_only();
+    if serializable {
+        opts.with_serializable()
+    } else {
+        opts
     }
 }
 
@@ -435,11 +442,7 @@ impl Session for EtcdSession {
         let limit = Self::first_page(ahead);
         let resp = self
             .read(me.sequence as i64, |serializable| {
-                let mut own = GetOptions::new().with_keys_only();
-                if serializable {
-                    own = own.with_serializable();
-                }
-                let mut ops = vec![TxnOp::get(key.clone(), Some(own))];
+                let mut ops = vec![TxnOp::get(key.clone(), Some(keys_only(serializable)))];
                 if ahead != Ahead::Nothing && me.sequence > 1 {
                     ops.push(self.older(queue, me.sequence as i64, limit, serializable));
                 }
@@ -535,11 +538,7 @@ impl Session for EtcdSession {
             // From the watch's start on: a deletion after that read is the watch's.
             let resp = self
                 .read(reg.revision, |serializable| {
-                    let mut opts = GetOptions::new().with_keys_only();
-                    if serializable {
-                        opts = opts.with_serializable();
-                    }
-                    vec![TxnOp::get(abs.clone(), Some(opts))]
+                    vec![TxnOp::get(abs.clone(), Some(keys_only(serializable)))]
                 })
                 .await?;
             let same = get_response(&resp)
