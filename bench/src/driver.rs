@@ -63,6 +63,8 @@ struct Plan {
     entity: PerEntity,
     /// Only the floor and the contended rows (cluster runs).
     contended_only: bool,
+    /// How often each timed row runs, interleaved (see `run`).
+    rounds: usize,
 }
 
 impl Plan {
@@ -82,12 +84,13 @@ impl Plan {
                     seconds: 0.5,
                 },
                 contended_only: false,
+                rounds: 1,
             }
         } else {
             Plan {
                 iterations: 300,
                 contenders: vec![1, 8, 32, 128],
-                seconds: 4.0,
+                seconds: 3.0,
                 herd: 1000,
                 footprint: 10_000,
                 entity: PerEntity {
@@ -97,6 +100,7 @@ impl Plan {
                     seconds: 4.0,
                 },
                 contended_only: false,
+                rounds: 3,
             }
         };
         plan.contended_only = cluster > 1;
@@ -190,12 +194,10 @@ pub async fn run(args: RunArgs) -> BResult<()> {
     eprintln!("==> bench {b} at {ep} ({version})");
 
     let mut results = Vec::new();
-    // The floor is measured first and again last: on a shared machine the load changes
-    // during a run, and the report shows both.
     let floor = rust("floor");
     // A fresh server is cold (ZooKeeper's JVM has not compiled its hot paths yet): warm it
-    // up with raw writes, not counted, so that the first implementation measured (always
-    // queuelock) does not pay for it.
+    // up with raw writes, not counted, so that the first implementation measured does not
+    // pay for it.
     let warm_up = [(plan.iterations * 5).to_string()];
     one(
         &floor,
@@ -206,43 +208,93 @@ pub async fn run(args: RunArgs) -> BResult<()> {
         &warm_up,
     )
     .await;
-    let floor_args = [plan.iterations.to_string()];
-    let mut r = one(&floor, "floor", b, ep, "floor", &floor_args).await;
-    r["impl"] = json!("floor");
-    r["when"] = json!("first");
-    results.push(r);
+    let floor_impl = Impl {
+        name: "floor".into(),
+        command: floor.clone(),
+        herd_own: false,
+    };
     let entity_args = plan.entity_args();
-    if !plan.contended_only {
-        let mut r = one(&floor, "floor", b, ep, "per-entity", &entity_args).await;
-        r["impl"] = json!("floor");
-        results.push(r);
+    // The timed rows, scenario by scenario. Each runs `plan.rounds` times, every
+    // implementation once per round, in an order rotated each round: a disk whose fsync
+    // slows down (or speeds up) during the run then moves every implementation alike,
+    // where running one implementation's rows after another's made the drift look like a
+    // difference between them. The report shows the median round and lists every round.
+    let mut rows: Vec<(&str, Vec<String>, Vec<&Impl>)> = Vec::new();
+    // queuelock's own requests, raw (etcd and ZooKeeper): beside the floor in the
+    // uncontended row, what the store charges for them apart from the client.
+    let own_requests = Impl {
+        name: "floor: queuelock's requests, raw".into(),
+        command: rust("floorq"),
+        herd_own: false,
+    };
+    let with_floor: Vec<&Impl> = std::iter::once(&floor_impl).chain(impls.iter()).collect();
+    let mut uncontended = with_floor.clone();
+    if matches!(b, "etcd" | "zookeeper") {
+        uncontended.insert(1, &own_requests);
     }
-    for imp in &impls {
-        let mut runs: Vec<(&str, Vec<String>)> = Vec::new();
-        if !plan.contended_only {
-            runs.push(("uncontended", vec![plan.iterations.to_string()]));
+    if !plan.contended_only {
+        rows.push((
+            "uncontended",
+            vec![plan.iterations.to_string()],
+            uncontended,
+        ));
+    } else {
+        rows.push((
+            "uncontended",
+            vec![plan.iterations.to_string()],
+            vec![&floor_impl],
+        ));
+    }
+    for n in &plan.contenders {
+        rows.push((
+            "contended",
+            vec![n.to_string(), plan.seconds.to_string()],
+            impls.iter().collect(),
+        ));
+    }
+    if !plan.contended_only {
+        rows.push(("per-entity", entity_args.clone(), with_floor.clone()));
+        rows.push(("herd", vec![plan.herd.to_string()], impls.iter().collect()));
+    }
+    for (scenario, a, imps) in &rows {
+        let mut rounds: Vec<Vec<Value>> = vec![Vec::new(); imps.len()];
+        for round in 0..plan.rounds {
+            for k in 0..imps.len() {
+                let i = (k + round) % imps.len();
+                let imp = imps[i];
+                // The floor's own scenario is its write pair, in the uncontended row.
+                let raw = std::ptr::eq(imp, &floor_impl) || std::ptr::eq(imp, &own_requests);
+                let sc = if raw && *scenario == "uncontended" {
+                    "floor"
+                } else {
+                    scenario
+                };
+                let mut r = one(&imp.command, &imp.name, b, ep, sc, a).await;
+                r["impl"] = json!(imp.name);
+                r["round"] = json!(round + 1);
+                r["position_in_round"] = json!(k + 1);
+                rounds[i].push(r);
+            }
         }
-        for n in &plan.contenders {
-            runs.push(("contended", vec![n.to_string(), plan.seconds.to_string()]));
+        for runs in rounds {
+            results.push(median_round(runs));
         }
-        if !plan.contended_only {
-            runs.push(("per-entity", entity_args.clone()));
-            runs.push(("herd", vec![plan.herd.to_string()]));
+    }
+    // Memory rows: counted, not timed; once each.
+    if !plan.contended_only {
+        for imp in &impls {
+            let mut runs: Vec<(&str, Vec<String>)> = Vec::new();
             if imp.herd_own {
                 runs.push(("herd", vec![plan.herd.to_string(), "own".into()]));
             }
             runs.push(("footprint", vec![plan.footprint.to_string()]));
-        }
-        for (scenario, a) in runs {
-            let mut r = one(&imp.command, &imp.name, b, ep, scenario, &a).await;
-            r["impl"] = json!(imp.name);
-            results.push(r);
+            for (scenario, a) in runs {
+                let mut r = one(&imp.command, &imp.name, b, ep, scenario, &a).await;
+                r["impl"] = json!(imp.name);
+                results.push(r);
+            }
         }
     }
-    let mut r = one(&floor, "floor", b, ep, "floor", &floor_args).await;
-    r["impl"] = json!("floor");
-    r["when"] = json!("last");
-    results.push(r);
     let topology = if args.cluster > 1 {
         format!("{}-member cluster", args.cluster)
     } else {
@@ -268,6 +320,7 @@ pub async fn run(args: RunArgs) -> BResult<()> {
                 "clients": plan.entity.clients, "seconds": plan.entity.seconds,
             },
             "contended_only": plan.contended_only,
+            "rounds": plan.rounds,
         },
         "cpu_method": "user+sys CPU time of the harness process (all threads) from \
             /proc/<pid>/stat, read by the driver at the harness's {\"window\": \"start\"} and \
@@ -278,6 +331,41 @@ pub async fn run(args: RunArgs) -> BResult<()> {
     });
     crate::report::write(&args.out_dir, &doc)?;
     Ok(())
+}
+
+/// The round whose key figure is the median of `runs` (one implementation's rounds of a
+/// row), with every round's figure listed: `p50_ms` for latency rows, `grants_per_s`
+/// for throughput rows, `drain_s` for the herd. A failed round counts as the worst.
+fn median_round(mut runs: Vec<Value>) -> Value {
+    let scenario = runs
+        .first()
+        .and_then(|r| r["scenario"].as_str())
+        .unwrap_or("")
+        .to_owned();
+    let (field, higher_is_better) = match scenario.as_str() {
+        "floor" | "uncontended" => ("p50_ms", false),
+        "herd" => ("drain_s", false),
+        _ => ("grants_per_s", true),
+    };
+    let key = |r: &Value| {
+        let v = r[field].as_f64();
+        match (v, higher_is_better) {
+            (Some(v), true) => -v,
+            (Some(v), false) => v,
+            (None, _) => f64::INFINITY,
+        }
+    };
+    let figures: Vec<Value> = runs.iter().map(|r| r[field].clone()).collect();
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let n = runs.len();
+    let mut median = runs.swap_remove((n.saturating_sub(1)) / 2);
+    if n > 1 {
+        median["rounds"] = json!({ "field": field, "values": figures, "shown": "median" });
+        if median["impl"] == "floor" {
+            median["when"] = json!(format!("in each of {n} rounds, median shown"));
+        }
+    }
+    median
 }
 
 /// Runs one scenario in its own process; on failure, a result carrying the error.

@@ -408,3 +408,87 @@ pub async fn zk_floor_concurrent(endpoint: &str, shape: PerEntity) -> BResult<Va
     out["operations"] = json!("create-ephemeral + delete");
     Ok(out)
 }
+
+/// queuelock's own ZooKeeper requests, raw: a sequential ephemeral create in a container
+/// with the children read sent behind it (one round trip), then the delete. Beside the
+/// floor, it shows what an uncontended lock + release costs the server beyond a write
+/// pair (the children read), apart from what the client adds.
+pub async fn zk_floor_queue(endpoint: &str, iterations: usize) -> BResult<Value> {
+    use zookeeper_client::{Acls, CreateMode};
+    let client = zk_connect(endpoint).await?;
+    let dir = format!("/floorq-{}", std::process::id());
+    let _ = client
+        .create(
+            &dir,
+            b"",
+            &CreateMode::Container.with_acls(Acls::anyone_all()),
+        )
+        .await;
+    let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    let prefix = format!("{dir}/n-");
+    let mut out = time_loop(iterations, || {
+        let (client, prefix, opts, dir) = (&client, prefix.clone(), opts.clone(), dir.clone());
+        async move {
+            let c = client.create(&prefix, b"somepayload-of-about-100-bytes", &opts);
+            let l = client.get_children(&dir);
+            let (c, l) = tokio::join!(c, l);
+            l?;
+            let (_, seq) = c?;
+            client.delete(&format!("{prefix}{seq}"), None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    // A row of its own in the uncontended line, beside queuelock.
+    out["scenario"] = json!("uncontended");
+    out["operations"] = json!("queuelock's create + children read and delete, raw");
+    Ok(out)
+}
+
+/// queuelock's own etcd requests, raw: the create transaction (compare, put with lease,
+/// the newest key of the directory) and the delete transaction (compare, delete).
+pub async fn etcd_floor_queue(endpoint: &str, iterations: usize) -> BResult<Value> {
+    use etcd_client::{
+        Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    };
+    let mut client = etcd_client::Client::connect(members(endpoint), None).await?;
+    let lease = client.lease_grant(TTL.as_secs() as i64, None).await?.id();
+    let dir = format!("floorq-{}/", std::process::id());
+    let key = format!("{dir}{lease:x}-m-0");
+    let mut out = time_loop(iterations, || {
+        let (mut kv, key, dir) = (client.kv_client(), key.clone(), dir.clone());
+        async move {
+            let newest = GetOptions::new()
+                .with_prefix()
+                .with_keys_only()
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(1);
+            let create = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(
+                        key.as_str(),
+                        "a payload of about the size of queuelock's holder metadata",
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::get(dir.as_str(), Some(newest)),
+                ]);
+            let r = kv.txn(create).await?;
+            let rev = r.header().map_or(0, |h| h.revision());
+            let delete = Txn::new()
+                .when([Compare::create_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    rev,
+                )])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            kv.txn(delete).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    client.lease_revoke(lease).await?;
+    out["scenario"] = json!("uncontended");
+    out["operations"] = json!("queuelock's create and delete transactions, raw");
+    Ok(out)
+}

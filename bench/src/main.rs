@@ -112,6 +112,13 @@ async fn harness(
         .ok_or("missing count argument")?
         .parse()
         .map_err(|e| format!("bad count: {e}"))?;
+    if implementation == "floorq" {
+        return match backend {
+            "etcd" => impls::etcd_floor_queue(endpoint, n).await,
+            "zookeeper" => impls::zk_floor_queue(endpoint, n).await,
+            other => Err(format!("floorq: no raw queue requests for {other}").into()),
+        };
+    }
     if implementation == "floor" {
         return match backend {
             "etcd" => impls::etcd_floor(endpoint, n).await,

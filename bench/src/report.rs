@@ -377,6 +377,7 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
          client's sequential round trips). CPU: {}.",
         doc["cpu_method"].as_str().unwrap_or("not measured")
     );
+    rounds(&mut md, doc);
     footnotes(&mut md, doc, "error", "¹ Failures");
     footnotes(&mut md, doc, "note", "² Notes");
     if let Some(u) = doc["unavailable"].as_array().filter(|u| !u.is_empty()) {
@@ -392,6 +393,43 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     }
     let _ = writeln!(md, "\n![grants per second by contenders]({svg_name})");
     md
+}
+
+/// Every round of every timed row (the tables show the median round), so a reader sees
+/// how far the rounds spread and whether the ordering held in each.
+fn rounds(md: &mut String, doc: &Value) {
+    let hits: Vec<&Value> = results(doc)
+        .iter()
+        .filter(|r| r["rounds"]["values"].is_array())
+        .collect();
+    if hits.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nRounds (each timed row ran {} times, interleaved, every implementation once per \
+         round in an order rotated each round; the tables show the median round):\n",
+        doc["plan"]["rounds"]
+    );
+    for r in hits {
+        let values: Vec<String> = r["rounds"]["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| num(v).map_or("failed".into(), |x| format!("{x}")))
+            .collect();
+        let _ = writeln!(
+            md,
+            "- {} / {}{}: {} {}",
+            r["impl"].as_str().unwrap_or("?"),
+            r["scenario"].as_str().unwrap_or("?"),
+            r["contenders"]
+                .as_u64()
+                .map_or(String::new(), |c| format!(" {c}")),
+            r["rounds"]["field"].as_str().unwrap_or("?"),
+            values.join(" / ")
+        );
+    }
 }
 
 /// Lists every result carrying `field` (an error or a note) under `title`.
