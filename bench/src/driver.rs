@@ -263,8 +263,7 @@ pub async fn run(args: RunArgs) -> BResult<()> {
                 let i = (k + round) % imps.len();
                 let imp = imps[i];
                 // The floor's own scenario is its write pair, in the uncontended row.
-                let raw = std::ptr::eq(imp, &floor_impl) || std::ptr::eq(imp, &own_requests);
-                let sc = if raw && *scenario == "uncontended" {
+                let sc = if std::ptr::eq(imp, &floor_impl) && *scenario == "uncontended" {
                     "floor"
                 } else {
                     scenario

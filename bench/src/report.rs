@@ -395,6 +395,18 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     md
 }
 
+/// "implementation / scenario [contenders]": which run a list line is about.
+fn row_label(r: &Value) -> String {
+    let contenders = r["contenders"]
+        .as_u64()
+        .map_or(String::new(), |c| format!(" {c}"));
+    format!(
+        "{} / {}{contenders}",
+        r["impl"].as_str().unwrap_or("?"),
+        r["scenario"].as_str().unwrap_or("?"),
+    )
+}
+
 /// Every round of every timed row (the tables show the median round), so a reader sees
 /// how far the rounds spread and whether the ordering held in each.
 fn rounds(md: &mut String, doc: &Value) {
@@ -420,12 +432,8 @@ fn rounds(md: &mut String, doc: &Value) {
             .collect();
         let _ = writeln!(
             md,
-            "- {} / {}{}: {} {}",
-            r["impl"].as_str().unwrap_or("?"),
-            r["scenario"].as_str().unwrap_or("?"),
-            r["contenders"]
-                .as_u64()
-                .map_or(String::new(), |c| format!(" {c}")),
+            "- {}: {} {}",
+            row_label(r),
             r["rounds"]["field"].as_str().unwrap_or("?"),
             values.join(" / ")
         );
@@ -445,12 +453,8 @@ fn footnotes(md: &mut String, doc: &Value, field: &str, title: &str) {
     for r in hits {
         let _ = writeln!(
             md,
-            "- {} / {} {}: {}",
-            r["impl"].as_str().unwrap_or("?"),
-            r["scenario"].as_str().unwrap_or("?"),
-            r["contenders"]
-                .as_u64()
-                .map_or(String::new(), |c| c.to_string()),
+            "- {}: {}",
+            row_label(r),
             r[field].as_str().unwrap_or("?")
         );
     }
