@@ -12,16 +12,15 @@
 //!   stands while any gate node exists.
 //! * double barrier: `NAME/members` — one ephemeral node per participant inside;
 //!   `NAME/ready` — the round's ready mark (ephemeral, created by the participant that saw
-//!   the `n`-th arrive); `NAME/meta/count` — `n`, stored and checked like a semaphore's
+//!   the `n`-th arrive; two that see it at once may each put one up, and the last one out
+//!   clears them all); `NAME/meta/count` — `n`, stored and checked like a semaphore's
 //!   permit count.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use queuelock_core::{
-    Ahead, Error, LockName, LossReason, Node, NodeKind, NodeSpec, Result, Session,
-};
+use queuelock_core::{Ahead, Error, LockName, LossReason, NodeKind, NodeSpec, Result, Session};
 
 use crate::queue::{self, Context, Deadline};
 
@@ -83,6 +82,30 @@ pub(crate) fn positive(n: u32, what: &str, name: &LockName, unit: &str) -> Resul
 /// and watch on their own).
 fn spec(ctx: &Context, queue: &str, kind: NodeKind) -> NodeSpec {
     NodeSpec::new(queue, kind, ctx.payload()).with_ahead(Ahead::Nothing)
+}
+
+/// Run by a participant after its own node is gone: if nobody is inside any more, the
+/// round is over and every ready mark goes, not only the ones this participant saw.
+/// Two participants that see the `n`-th arrive at once both put up a mark, and the first
+/// may not see the second's; if only seen marks went, the second could outlive the
+/// round (its owner's session lives on) and let the next round in without its `n`.
+///
+/// The marks are read *before* the members: a mark in that read was put up by a
+/// participant inside at the time, so an empty member list after it means everyone who
+/// could still rely on it has left. The last participant to remove its node reads after
+/// every mark's creation, so it clears them all.
+async fn end_round_if_empty(session: &dyn Session, members: &str, ready: &str) -> Result<()> {
+    let marks = queue::retry(session, || session.list(ready)).await?.nodes;
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let inside = queue::retry(session, || session.list(members)).await?;
+    if inside.nodes.is_empty() {
+        for mark in &marks {
+            queue::retry(session, || session.delete(mark)).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A distributed barrier (Curator's `DistributedBarrier`, kazoo's `Barrier`, etcd's
@@ -339,31 +362,32 @@ impl DoubleBarrier {
                 }
                 // Members first, then the mark: a participant passes only once the mark
                 // is up, so one that has passed and left already is never missed.
-                let mut ready = session.list(&self.ready).await?.nodes;
-                if ready.is_empty() && listing.nodes.len() >= self.n as usize {
+                // Our own node keeps the mark up until we leave (the last one out
+                // clears marks only when nobody is inside), so seeing it once is enough.
+                if !session.list(&self.ready).await?.nodes.is_empty() {
+                    return Ok(true);
+                }
+                if listing.nodes.len() >= self.n as usize {
+                    // Two participants may both put one up; the last one out clears all.
                     let mark = spec(&self.ctx, &self.ready, NodeKind::Lock);
                     queue::retry(&*session, || session.create_sequential(&mark)).await?;
-                    // Read again: of two marks put up at once, the later creator sees both.
-                    ready = session.list(&self.ready).await?.nodes;
-                }
-                if !ready.is_empty() {
-                    return Ok(Some(ready));
+                    return Ok(true);
                 }
                 session
                     .queue_changed(&self.members, listing.revision)
                     .await?;
-                Ok(None)
+                Ok(false)
             };
             match step.await {
-                Ok(Some(ready)) => {
+                Ok(true) => {
                     return Ok(Entered {
                         ctx: self.ctx.clone(),
                         members: self.members.clone(),
+                        ready: self.ready.clone(),
                         member,
-                        ready,
                     });
                 }
-                Ok(None) => {}
+                Ok(false) => {}
                 Err(e) if e.is_retryable() => recover(e, &mut pause).await?,
                 Err(e) => return Err(e),
             }
@@ -390,8 +414,8 @@ pub struct Entered {
     /// Our node: removed in the background unless disarmed, so a dropped `enter` or
     /// [`Entered`] leaves nothing behind.
     member: queue::Pending,
-    /// The round's ready marks this participant saw: the last one out removes them.
-    ready: Vec<Node>,
+    /// The queue of the round's ready marks: the last one out removes them.
+    ready: String,
 }
 
 impl fmt::Debug for Entered {
@@ -414,7 +438,7 @@ impl Drop for Entered {
         }
         let session = self.member.session().clone();
         let removal = self.member.take_removal();
-        let (members, ready) = (self.members.clone(), std::mem::take(&mut self.ready));
+        let (members, ready) = (self.members.clone(), self.ready.clone());
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(
                 "no tokio runtime to leave a double barrier; it is left when the session ends"
@@ -424,13 +448,7 @@ impl Drop for Entered {
         rt.spawn(async move {
             let r = async {
                 removal.await?;
-                let listing = queue::retry(&*session, || session.list(&members)).await?;
-                if listing.nodes.is_empty() {
-                    for mark in &ready {
-                        queue::retry(&*session, || session.delete(mark)).await?;
-                    }
-                }
-                Ok::<_, Error>(())
+                end_round_if_empty(&*session, &members, &ready).await
             };
             match r.await {
                 Ok(()) | Err(Error::SessionExpired(_)) => {}
@@ -482,9 +500,7 @@ impl Entered {
                     if let Some(m) = self.member.node.take() {
                         queue::retry(&*session, || session.delete(&m)).await?;
                     }
-                    for mark in &self.ready {
-                        queue::retry(&*session, || session.delete(mark)).await?;
-                    }
+                    end_round_if_empty(&*session, &self.members, &self.ready).await?;
                     return Ok(true);
                 };
                 let target = match &listing.nodes[0] {

@@ -91,6 +91,8 @@ pub struct QueueEntry {
     /// What it stands for (lock, read, write, permit, or a node another tool wrote).
     pub kind: NodeKind,
     /// Who created it, when the node carries queuelock metadata (`None` for nodes of
-    /// other tools, or a node gone before its data was read).
+    /// other tools, a node gone before its data was read, or a ZooKeeper holder asked to
+    /// let go that has not yet written its metadata back: Curator's revocation protocol
+    /// overwrites the node's data with `__REVOKE__`).
     pub holder: Option<HolderInfo>,
 }

@@ -427,7 +427,7 @@ macro_rules! conformance_tests {
             release_over_a_stalled_link, lock_rides_out_a_short_outage,
             metrics_of_a_contended_run, metrics_of_timeouts_and_cancels,
             metrics_of_a_lost_session, barrier_releases_all_once_removed,
-            double_barrier_five, double_barrier_killed_participant,
+            double_barrier_five, double_barrier_killed_participant, double_barrier_clears_raced_marks,
             count_down_latch_opens_at_zero, count_down_latch_concurrent,
             revocation_reaches_the_holder, revocation_ignored_keeps_the_lock,
             lock_delay_after_loss_not_after_release, loss_reported_by_the_deadline
@@ -1392,6 +1392,22 @@ pub async fn double_barrier_five(h: &dyn Harness) {
     ));
 }
 
+/// The participants of spawned `enter` calls, failing on a hang (liveness) or a panic.
+async fn all_entered(
+    tasks: Vec<tokio::task::JoinHandle<queuelock::Entered>>,
+) -> Vec<queuelock::Entered> {
+    let mut inside = Vec::new();
+    for t in tasks {
+        inside.push(
+            timeout(EVENTUALLY, t)
+                .await
+                .expect("enter hung")
+                .expect("join"),
+        );
+    }
+    inside
+}
+
 /// Rule: a participant whose session is lost has left. One killed while waiting in
 /// `enter` does not count towards `n`; one killed inside does not keep the others in
 /// `leave`.
@@ -1429,15 +1445,7 @@ pub async fn double_barrier_killed_participant(h: &dyn Harness) {
         }
         tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
     }
-    let mut inside = Vec::new();
-    for t in tasks {
-        inside.push(
-            timeout(EVENTUALLY, t)
-                .await
-                .expect("enter hung")
-                .expect("join"),
-        );
-    }
+    let inside = all_entered(tasks).await;
     // Killed inside: the others still get out.
     let victim = victim.expect("victim");
     let victim_id = victim.session_id().expect("session");
@@ -1469,14 +1477,7 @@ pub async fn double_barrier_killed_participant(h: &dyn Harness) {
         alive.push(c);
         tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
     }
-    for t in tasks {
-        drop(
-            timeout(EVENTUALLY, t)
-                .await
-                .expect("enter hung")
-                .expect("join"),
-        );
-    }
+    drop(all_entered(tasks).await);
     await_queue_len(&observer, &members, 0).await;
     await_queue_len(&observer, &format!("{name}/ready"), 0).await;
     let b = client(h).await.double_barrier(&name, N).expect("name");
@@ -1489,6 +1490,54 @@ pub async fn double_barrier_killed_participant(h: &dyn Harness) {
     );
     await_queue_len(&observer, &members, 0).await;
     drop(alive);
+}
+
+/// Two participants that see the `n`-th arrive at once may both put up a ready mark, the
+/// first without seeing the second's. The last one out clears every mark, not only the
+/// ones it saw: a mark left behind (its owner's session lives on) would let the next
+/// round in without its `n`. The race is forced here: after the round has started, one
+/// participant's session puts up a second mark nobody else has seen. Both ways out are
+/// covered: `leave()`, and dropping the handles.
+pub async fn double_barrier_clears_raced_marks(h: &dyn Harness) {
+    use queuelock::backend::{NodeKind, NodeSpec};
+    const N: u32 = 2;
+    let name = h.unique_name("dbmarks");
+    let observer = client(h).await;
+    let (members, ready) = (format!("{name}/members"), format!("{name}/ready"));
+    let clients = [client(h).await, client(h).await];
+    for by_drop in [false, true] {
+        let mut tasks = Vec::new();
+        for c in &clients {
+            let b = c.double_barrier(&name, N).expect("name");
+            tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
+        }
+        let inside = all_entered(tasks).await;
+        let late = NodeSpec::new(ready.clone(), NodeKind::Lock, Vec::new());
+        let s = clients[1].session().await.expect("session");
+        s.create_sequential(&late).await.expect("second mark");
+        assert!(queue_len(&observer, &ready).await >= 2, "by_drop {by_drop}");
+        if by_drop {
+            drop(inside);
+        } else {
+            let leaving: Vec<_> = inside
+                .into_iter()
+                .map(|e| tokio::spawn(async move { e.leave().await.expect("leave") }))
+                .collect();
+            join_all(leaving, EVENTUALLY).await;
+        }
+        await_queue_len(&observer, &members, 0).await;
+        await_queue_len(&observer, &ready, 0).await;
+        // The participants' sessions are alive: nothing but the barrier removed the marks.
+        let b = clients[0].double_barrier(&name, N).expect("name");
+        assert!(
+            matches!(
+                b.enter_timeout(Duration::from_millis(300)).await,
+                Err(Error::Timeout(_))
+            ),
+            "by_drop {by_drop}: entered on a finished round's mark"
+        );
+        await_queue_len(&observer, &members, 0).await;
+    }
 }
 
 /// A latch opens after exactly `n` count-downs (from several clients, one of which dies
@@ -1616,15 +1665,17 @@ pub async fn revocation_reaches_the_holder(h: &dyn Harness) {
     timeout(Duration::from_secs(1), guard.revoke_requested())
         .await
         .expect("a seen request must resolve at once");
-    // The holder writes its metadata back with the time it saw the request.
+    // The holder writes its metadata back with the time it saw the request. Until it
+    // has, a ZooKeeper node holds Curator's `__REVOKE__` instead of metadata (`None`).
     let deadline = Instant::now() + EVENTUALLY;
     loop {
         let holders = asker.holders().await.expect("holders");
-        let info = holders[0]
+        assert_eq!(holders.len(), 1, "the holder keeps the lock: {holders:?}");
+        if let Some(info) = holders[0]
             .holder
             .clone()
-            .expect("holder metadata stays readable");
-        if info.revoke_requested_at_ms.is_some() {
+            .filter(|info| info.revoke_requested_at_ms.is_some())
+        {
             assert!(info.revocable);
             break;
         }
