@@ -410,8 +410,7 @@ impl DoubleBarrier {
 pub struct Entered {
     ctx: Arc<Context>,
     members: String,
-    /// Our participant node, removed in the background if dropped armed.
-    /// Our node: removed in the background unless disarmed, so a dropped `enter` or
+    /// Our participant node: removed in the background unless disarmed, so a dropped `enter` or
     /// [`Entered`] leaves nothing behind.
     member: queue::Pending,
     /// The queue of the round's ready marks: the last one out removes them.

@@ -395,7 +395,7 @@ fn markdown(doc: &Value, svg_name: &str) -> String {
     md
 }
 
-/// "implementation / scenario [contenders]": which run a list line is about.
+/// "implementation / scenario \[contenders\]": which run a list line is about.
 fn row_label(r: &Value) -> String {
     let contenders = r["contenders"]
         .as_u64()
