@@ -1408,6 +1408,22 @@ async fn all_entered(
     inside
 }
 
+/// A finished round leaves nothing: no participant node, no ready mark, and a lone
+/// `enter` of barrier `b` waits for a new round (it times out, leaving nothing either).
+async fn assert_round_over(observer: &Client, b: &queuelock::DoubleBarrier, case: &str) {
+    let members = format!("{}/members", b.name());
+    await_queue_len(observer, &members, 0).await;
+    await_queue_len(observer, &format!("{}/ready", b.name()), 0).await;
+    assert!(
+        matches!(
+            b.enter_timeout(Duration::from_millis(300)).await,
+            Err(Error::Timeout(_))
+        ),
+        "{case}: entered on a finished round's ready mark"
+    );
+    await_queue_len(observer, &members, 0).await;
+}
+
 /// Rule: a participant whose session is lost has left. One killed while waiting in
 /// `enter` does not count towards `n`; one killed inside does not keep the others in
 /// `leave`.
@@ -1478,17 +1494,8 @@ pub async fn double_barrier_killed_participant(h: &dyn Harness) {
         tasks.push(tokio::spawn(async move { b.enter().await.expect("enter") }));
     }
     drop(all_entered(tasks).await);
-    await_queue_len(&observer, &members, 0).await;
-    await_queue_len(&observer, &format!("{name}/ready"), 0).await;
     let b = client(h).await.double_barrier(&name, N).expect("name");
-    assert!(
-        matches!(
-            b.enter_timeout(Duration::from_millis(300)).await,
-            Err(Error::Timeout(_))
-        ),
-        "entered on a finished round's ready mark"
-    );
-    await_queue_len(&observer, &members, 0).await;
+    assert_round_over(&observer, &b, "after a killed participant").await;
     drop(alive);
 }
 
@@ -1503,7 +1510,7 @@ pub async fn double_barrier_clears_raced_marks(h: &dyn Harness) {
     const N: u32 = 2;
     let name = h.unique_name("dbmarks");
     let observer = client(h).await;
-    let (members, ready) = (format!("{name}/members"), format!("{name}/ready"));
+    let ready = format!("{name}/ready");
     let clients = [client(h).await, client(h).await];
     for by_drop in [false, true] {
         let mut tasks = Vec::new();
@@ -1525,18 +1532,9 @@ pub async fn double_barrier_clears_raced_marks(h: &dyn Harness) {
                 .collect();
             join_all(leaving, EVENTUALLY).await;
         }
-        await_queue_len(&observer, &members, 0).await;
-        await_queue_len(&observer, &ready, 0).await;
         // The participants' sessions are alive: nothing but the barrier removed the marks.
         let b = clients[0].double_barrier(&name, N).expect("name");
-        assert!(
-            matches!(
-                b.enter_timeout(Duration::from_millis(300)).await,
-                Err(Error::Timeout(_))
-            ),
-            "by_drop {by_drop}: entered on a finished round's mark"
-        );
-        await_queue_len(&observer, &members, 0).await;
+        assert_round_over(&observer, &b, &format!("by_drop {by_drop}")).await;
     }
 }
 
