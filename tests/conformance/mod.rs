@@ -430,7 +430,7 @@ macro_rules! conformance_tests {
             double_barrier_five, double_barrier_killed_participant, double_barrier_clears_raced_marks,
             count_down_latch_opens_at_zero, count_down_latch_concurrent,
             revocation_reaches_the_holder, revocation_ignored_keeps_the_lock,
-            lock_delay_after_loss_not_after_release, loss_reported_by_the_deadline
+            revocation_is_for_one_hold, lock_delay_after_loss_not_after_release, loss_reported_by_the_deadline
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -1739,6 +1739,43 @@ pub async fn revocation_ignored_keeps_the_lock(h: &dyn Harness) {
         .release()
         .await
         .expect("the asked holder released a lock it kept");
+}
+
+/// A revocation request is for the hold it was made for: the same session's next hold
+/// of the lock (on etcd the same key, reused) is not asked, and a new request reaches it.
+pub async fn revocation_is_for_one_hold(h: &dyn Harness) {
+    use queuelock::Revocation;
+    let name = h.unique_name("revoke-once");
+    let (a, b) = (client(h).await, client(h).await);
+    let m = a.mutex(&name).expect("name").revocable();
+    let asker = b.mutex(&name).expect("name");
+    let first = m.lock().await.expect("lock");
+    assert!(matches!(
+        asker.request_revoke().await.expect("request_revoke"),
+        Revocation::Requested { .. }
+    ));
+    timeout(EVENTUALLY, first.revoke_requested())
+        .await
+        .expect("the holder never saw the revocation request");
+    let token = first.fencing_token();
+    first.release().await.expect("release");
+    let second = m.lock().await.expect("lock again");
+    assert!(second.fencing_token() > token);
+    assert!(
+        timeout(Duration::from_millis(500), second.revoke_requested())
+            .await
+            .is_err(),
+        "the next hold saw the earlier hold's revocation request"
+    );
+    assert!(!second.is_revoke_requested());
+    assert!(matches!(
+        asker.request_revoke().await.expect("request_revoke"),
+        Revocation::Requested { .. }
+    ));
+    timeout(EVENTUALLY, second.revoke_requested())
+        .await
+        .expect("the next hold never saw its own revocation request");
+    second.release().await.expect("release");
 }
 
 /// The lock-delay the loss cases use: short, so the suite stays fast.

@@ -1,6 +1,6 @@
 //! Mapping contract keys (relative paths) to etcd keys, and queue node names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use queuelock_core::{NodeKind, NodeSpec};
 
@@ -81,12 +81,20 @@ impl Keys {
 /// attempt id, stops a create still in flight). So a retried create of the same attempt
 /// finds the key of its first try, and a reused key is only ever re-created after its
 /// previous node's deletion; waiters tell the two nodes apart by create revision.
+///
+/// That also makes this session's own deletes exact without a compare: while its slot is
+/// taken, the key holds the attempt's node or nothing. A removal that may still reach
+/// the server after it has been given up on (an error without an answer, a dropped
+/// call) could remove a later node of a reused key, so its slot is *retired*: never
+/// freed, never reused, for the rest of the session.
 #[derive(Default, Debug)]
 pub(crate) struct Slots {
     /// Attempt id -> (queue, slot).
     by_attempt: HashMap<uuid::Uuid, (String, u32)>,
     /// (queue, slot) -> the attempt holding it and its node's token once created.
     taken: HashMap<(String, u32), (uuid::Uuid, Option<u64>)>,
+    /// Slots a removal without an answer may still reach: taken for good.
+    retired: HashSet<(String, u32)>,
 }
 
 impl Slots {
@@ -123,7 +131,26 @@ impl Slots {
     /// Frees the slot of an attempt whose node is gone (or never was).
     pub(crate) fn forget(&mut self, id: uuid::Uuid) {
         if let Some(key) = self.by_attempt.remove(&id) {
-            self.taken.remove(&key);
+            if !self.retired.contains(&key) {
+                self.taken.remove(&key);
+            }
+        }
+    }
+
+    /// Whether `token` is the node of a live attempt in `queue`'s `slot`: then the key
+    /// holds that node or nothing, and a plain delete removes exactly it.
+    pub(crate) fn holds(&self, queue: &str, slot: u32, token: u64) -> bool {
+        matches!(
+            self.taken.get(&(queue.to_owned(), slot)),
+            Some((_, Some(t))) if *t == token
+        )
+    }
+
+    /// Takes `queue`'s `slot` for good: a removal of its node may still arrive.
+    pub(crate) fn retire(&mut self, queue: &str, slot: u32) {
+        let key = (queue.to_owned(), slot);
+        if self.taken.contains_key(&key) {
+            self.retired.insert(key);
         }
     }
 
@@ -134,8 +161,10 @@ impl Slots {
         if let Some((id, Some(t))) = self.taken.get(&key) {
             if *t == token {
                 let id = *id;
-                self.taken.remove(&key);
                 self.by_attempt.remove(&id);
+                if !self.retired.contains(&key) {
+                    self.taken.remove(&key);
+                }
             }
         }
     }
@@ -244,5 +273,35 @@ mod tests {
         slots.forget(c.id);
         slots.forget(other.id);
         assert_eq!(slots.len(), 0);
+    }
+
+    #[test]
+    fn a_retired_slot_is_never_reused() {
+        let mut slots = Slots::default();
+        let a = NodeSpec::new("q", NodeKind::Lock, vec![]);
+        assert_eq!(slots.take(&a), 0);
+        slots.created(&a, 7);
+        assert!(slots.holds("q", 0, 7));
+        assert!(
+            !slots.holds("q", 0, 6),
+            "a stale token is not the slot's node"
+        );
+        assert!(!slots.holds("q", 1, 7));
+        slots.retire("q", 0);
+        slots.deleted("q", 0, 7);
+        assert_eq!(slots.get(&a), None, "the attempt is done");
+        let b = NodeSpec::new("q", NodeKind::Lock, vec![]);
+        assert_eq!(slots.take(&b), 1, "slot 0 stays taken");
+        slots.retire("q", 1);
+        slots.forget(b.id);
+        let c = NodeSpec::new("q", NodeKind::Lock, vec![]);
+        assert_eq!(
+            slots.take(&c),
+            2,
+            "so does an abandoned attempt's retired slot"
+        );
+        slots.retire("r", 0);
+        let d = NodeSpec::new("r", NodeKind::Lock, vec![]);
+        assert_eq!(slots.take(&d), 0, "only a taken slot can be retired");
     }
 }

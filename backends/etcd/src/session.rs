@@ -272,6 +272,36 @@ impl EtcdSession {
     }
 }
 
+/// A removal of one of this session's slots in flight: unless it got an answer, it may
+/// still reach etcd later, so the slot is retired (see [`Slots`]).
+struct Removal<'a> {
+    slots: &'a StdMutex<Slots>,
+    at: Option<(String, u32)>,
+}
+
+impl<'a> Removal<'a> {
+    fn new(slots: &'a StdMutex<Slots>, queue: &str, slot: u32) -> Self {
+        Removal {
+            slots,
+            at: Some((queue.to_owned(), slot)),
+        }
+    }
+
+    /// etcd answered: the removal is done and cannot arrive again.
+    fn answered(mut self) {
+        self.at = None;
+    }
+}
+
+impl Drop for Removal<'_> {
+    fn drop(&mut self) {
+        if let Some((queue, slot)) = self.at.take() {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots.retire(&queue, slot);
+        }
+    }
+}
+
 impl Drop for EtcdSession {
     fn drop(&mut self) {
         for t in &self.tasks {
@@ -478,16 +508,21 @@ impl Session for EtcdSession {
             Some(PutOptions::new().with_lease(self.lease)),
         )];
         // The attempt's slot is still taken, so its key is this attempt's node if any.
-        if let Some(slot) = self.slots().get(spec) {
+        let slot = self.slots().get(spec);
+        if let Some(slot) = slot {
             ops.push(TxnOp::delete(
                 self.inner.keys.node(self.lease, spec, slot),
                 None,
             ));
         }
+        let removal = slot.map(|slot| Removal::new(&self.slots, &spec.queue, slot));
         self.kv()
             .txn(Txn::new().and_then(ops))
             .await
             .map_err(|e| self.fail(e))?;
+        if let Some(removal) = removal {
+            removal.answered();
+        }
         self.slots().forget(spec.id);
         Ok(())
     }
@@ -590,10 +625,32 @@ impl Session for EtcdSession {
         }
     }
 
+    /// This session's own node, while the session still holds its slot, goes with a
+    /// plain delete: no other session creates at its key, and this one creates there
+    /// again only after the delete has answered (see [`Slots`]), so the key holds that
+    /// node or nothing. etcd 3.4 pays for a transaction's compare with a copy of its
+    /// buffer of uncommitted writes; the plain delete made per-entity locking (64 tasks)
+    /// about 30 % faster. Any other node (another session's, one of `etcdctl lock`) goes
+    /// with a transaction that compares its create revision with the token. A revocation
+    /// request for our node stays until the lease ends; one older than a node is not
+    /// that node's ([`Session::revoke_requested`]).
+    ///
     /// Cancel safety: a dropped call may still delete; call again to be sure.
     async fn delete(&self, node: &Node) -> Result<()> {
         self.check()?;
         let abs = self.inner.keys.abs(&node.key);
+        let own = slot_of(&node.key, self.lease)
+            .filter(|(queue, slot)| self.slots().holds(queue, *slot, node.token));
+        if let Some((queue, slot)) = own {
+            let removal = Removal::new(&self.slots, queue, slot);
+            self.kv()
+                .delete(abs, None)
+                .await
+                .map_err(|e| self.fail(e))?;
+            removal.answered();
+            self.slots().deleted(queue, slot, node.token);
+            return Ok(());
+        }
         let txn = Txn::new()
             .when([Compare::create_revision(
                 abs.clone(),
@@ -614,7 +671,7 @@ impl Session for EtcdSession {
     }
 
     /// Puts the request key beside the holder's node, bound to the holder's lease (so it
-    /// goes with the holder's session at the latest; the holder's release deletes it),
+    /// goes with the holder's session; a delete by another session takes it along),
     /// in a transaction that compares the holder's `create_revision` with its token.
     ///
     /// Cancel safety: a dropped call may still leave the request.
@@ -643,7 +700,9 @@ impl Session for EtcdSession {
     }
 
     /// Opens a watch on the request key at the current revision, then reads it (the node
-    /// too: a request for a node that is gone never comes).
+    /// too: a request for a node that is gone never comes). A request written before the
+    /// node was created is an earlier node's of the same key (this session's release
+    /// leaves it to the lease: see [`Session::delete`]), so it does not count.
     ///
     /// Cancel safety: safe; dropping it cancels the watch.
     async fn revoke_requested(&self, node: &Node) -> Result<()> {
@@ -651,20 +710,26 @@ impl Session for EtcdSession {
         let key = self.inner.keys.revoke(&node.key);
         let mut reg = self.inner.watches.watch(key.clone(), false, 0).await?;
         let txn = Txn::new().and_then([
-            TxnOp::get(key, Some(GetOptions::new().with_count_only())),
-            TxnOp::get(self.inner.keys.abs(&node.key), None),
+            TxnOp::get(key, Some(GetOptions::new().with_keys_only())),
+            TxnOp::get(
+                self.inner.keys.abs(&node.key),
+                Some(GetOptions::new().with_keys_only()),
+            ),
         ]);
         let resp = self.kv().txn(txn).await.map_err(|e| self.fail(e))?;
-        let mut counts = resp.op_responses().into_iter().map(|r| match r {
-            TxnOpResponse::Get(g) => (g.count(), g.kvs().first().map(|kv| kv.create_revision())),
-            _ => (0, None),
+        let mut reads = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .map(|kv| (kv.create_revision(), kv.mod_revision())),
+            _ => None,
         });
-        let (requests, _) = counts.next().unwrap_or((0, None));
-        let (_, created) = counts.next().unwrap_or((0, None));
+        let request = reads.next().flatten();
+        let created = reads.next().flatten().map(|(created, _)| created);
         if created != Some(node.token as i64) {
             return Err(Error::LockLost(LossReason::NodeDeleted));
         }
-        if requests > 0 {
+        if request.is_some_and(|(_, written)| written > node.token as i64) {
             return Ok(());
         }
         let mut state = self.state.clone();
