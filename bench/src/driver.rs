@@ -253,7 +253,11 @@ pub async fn run(args: RunArgs) -> BResult<()> {
         ));
     }
     if !plan.contended_only {
-        rows.push(("per-entity", entity_args.clone(), with_floor.clone()));
+        let mut per_entity = with_floor.clone();
+        if matches!(b, "etcd" | "zookeeper") {
+            per_entity.insert(1, &own_requests);
+        }
+        rows.push(("per-entity", entity_args.clone(), per_entity));
         rows.push(("herd", vec![plan.herd.to_string()], impls.iter().collect()));
     }
     for (scenario, a, imps) in &rows {

@@ -360,6 +360,22 @@ pub async fn zk_floor(endpoint: &str, iterations: usize) -> BResult<Value> {
 /// each), each looping put-with-lease + delete of its own key: the raw writes of a lock
 /// at the scenario's concurrency, without any lock's reads, watches or queue.
 pub async fn etcd_floor_concurrent(endpoint: &str, shape: PerEntity) -> BResult<Value> {
+    let pid = std::process::id();
+    let mut out = etcd_tasks(endpoint, shape, move |c, lease, task, _| {
+        etcd_pair(c, lease, format!("floor-{pid}-{task}"))
+    })
+    .await?;
+    out["operations"] = json!("put-with-lease + delete");
+    Ok(out)
+}
+
+/// `shape.tasks` tasks over `shape.clients` etcd clients with a lease each, looping `op`
+/// (client, lease, task, random pick) for the row's seconds; revokes the leases after.
+async fn etcd_tasks<F, Fut>(endpoint: &str, shape: PerEntity, op: F) -> BResult<Value>
+where
+    F: Fn(etcd_client::Client, i64, usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = BResult<()>> + Send,
+{
     let mut clients = Vec::with_capacity(shape.clients);
     for _ in 0..shape.clients {
         let mut c = etcd_client::Client::connect(members(endpoint), None).await?;
@@ -367,19 +383,16 @@ pub async fn etcd_floor_concurrent(endpoint: &str, shape: PerEntity) -> BResult<
         clients.push((c, lease));
     }
     let clients = Arc::new(clients);
-    let pid = std::process::id();
     let cs = clients.clone();
-    let (elapsed, pairs, samples) = timed_tasks(shape.tasks, shape.seconds, move |task, _| {
+    let (elapsed, done, samples) = timed_tasks(shape.tasks, shape.seconds, move |task, pick| {
         let (c, lease) = cs[task % cs.len()].clone();
-        etcd_pair(c, lease, format!("floor-{pid}-{task}"))
+        op(c, lease, task, pick)
     })
     .await?;
     for (c, lease) in clients.iter() {
         c.clone().lease_revoke(*lease).await?;
     }
-    let mut out = shape.result(elapsed, pairs, samples);
-    out["operations"] = json!("put-with-lease + delete");
-    Ok(out)
+    Ok(shape.result(elapsed, done, samples))
 }
 
 /// The per-entity floor, ZooKeeper: `shape.tasks` tasks over `shape.clients` sessions,
@@ -445,50 +458,142 @@ pub async fn zk_floor_queue(endpoint: &str, iterations: usize) -> BResult<Value>
     Ok(out)
 }
 
-/// queuelock's own etcd requests, raw: the create transaction (compare, put with lease,
-/// the newest key of the directory) and the delete transaction (compare, delete).
-pub async fn etcd_floor_queue(endpoint: &str, iterations: usize) -> BResult<Value> {
+/// queuelock's etcd requests for one uncontended lock + release, raw: the create
+/// transaction (compares on the key and the attempt's tombstone, put with lease, the
+/// newest keys of the directory) and the plain delete of the session's own key.
+async fn etcd_queue_cycle(
+    mut kv: etcd_client::KvClient,
+    lease: i64,
+    key: String,
+    dir: String,
+    tomb: String,
+) -> BResult<()> {
     use etcd_client::{
         Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
     };
+    let newest = GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(SortTarget::Create, SortOrder::Descend)
+        .with_limit(3);
+    let create = Txn::new()
+        .when([
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+            // queuelock's tombstone of an abandoned attempt.
+            Compare::create_revision(tomb.as_str(), CompareOp::Equal, 0),
+        ])
+        .and_then([
+            TxnOp::put(
+                key.as_str(),
+                "a payload of about the size of queuelock's holder metadata",
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::get(dir.as_str(), Some(newest)),
+        ]);
+    kv.txn(create).await?;
+    kv.delete(key.as_str(), None).await?;
+    Ok(())
+}
+
+/// queuelock's own etcd requests, raw: [`etcd_queue_cycle`] in a loop.
+pub async fn etcd_floor_queue(endpoint: &str, iterations: usize) -> BResult<Value> {
     let mut client = etcd_client::Client::connect(members(endpoint), None).await?;
     let lease = client.lease_grant(TTL.as_secs() as i64, None).await?.id();
     let dir = format!("floorq-{}/", std::process::id());
     let key = format!("{dir}{lease:x}-m-0");
+    let tomb = format!("floorq-abandoned/{lease:x}");
     let mut out = time_loop(iterations, || {
-        let (mut kv, key, dir) = (client.kv_client(), key.clone(), dir.clone());
-        async move {
-            let newest = GetOptions::new()
-                .with_prefix()
-                .with_keys_only()
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(1);
-            let create = Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([
-                    TxnOp::put(
-                        key.as_str(),
-                        "a payload of about the size of queuelock's holder metadata",
-                        Some(PutOptions::new().with_lease(lease)),
-                    ),
-                    TxnOp::get(dir.as_str(), Some(newest)),
-                ]);
-            let r = kv.txn(create).await?;
-            let rev = r.header().map_or(0, |h| h.revision());
-            let delete = Txn::new()
-                .when([Compare::create_revision(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    rev,
-                )])
-                .and_then([TxnOp::delete(key.as_str(), None)]);
-            kv.txn(delete).await?;
-            Ok(())
-        }
+        etcd_queue_cycle(
+            client.kv_client(),
+            lease,
+            key.clone(),
+            dir.clone(),
+            tomb.clone(),
+        )
     })
     .await?;
     client.lease_revoke(lease).await?;
     out["scenario"] = json!("uncontended");
-    out["operations"] = json!("queuelock's create and delete transactions, raw");
+    out["operations"] = json!("queuelock's create transaction and delete, raw");
+    Ok(out)
+}
+
+/// queuelock's own etcd requests at the per-entity row's concurrency, raw: each task's
+/// create transaction (as [`etcd_floor_queue`]'s) on a random name's directory, then the
+/// plain delete. Between it and the per-entity floor is what the store charges for the
+/// lock's requests; between it and queuelock, what the library adds.
+pub async fn etcd_floor_queue_concurrent(endpoint: &str, shape: PerEntity) -> BResult<Value> {
+    let pid = std::process::id();
+    let mut out = etcd_tasks(endpoint, shape, move |c, lease, task, pick| {
+        let dir = format!("floorq-{pid}/e{}/", pick % shape.names);
+        // A key per task: two tasks of one client on the same name take two slots.
+        let key = format!("{dir}{lease:x}-m-{task}");
+        let tomb = format!("floorq-abandoned/{lease:x}-{task}");
+        etcd_queue_cycle(c.kv_client(), lease, key, dir, tomb)
+    })
+    .await?;
+    out["operations"] = json!("queuelock's create transaction and delete, raw");
+    Ok(out)
+}
+
+/// queuelock's own ZooKeeper requests at the per-entity row's concurrency, raw: each
+/// task's sequential ephemeral create in a random name's container with the children
+/// read behind it (one round trip; a missing container is made in the retry's round
+/// trip, as queuelock does), then the delete.
+pub async fn zk_floor_queue_concurrent(endpoint: &str, shape: PerEntity) -> BResult<Value> {
+    use zookeeper_client::{Acls, CreateMode};
+    let mut clients = Vec::with_capacity(shape.clients);
+    for _ in 0..shape.clients {
+        clients.push(zk_connect(endpoint).await?);
+    }
+    let root = format!("/floorq-{}", std::process::id());
+    clients[0]
+        .create(
+            &root,
+            b"",
+            &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+        )
+        .await?;
+    let clients = Arc::new(clients);
+    let cs = clients.clone();
+    let r = root.clone();
+    let (elapsed, grants, samples) = timed_tasks(shape.tasks, shape.seconds, move |task, pick| {
+        let c = cs[task % cs.len()].clone();
+        let dir = format!("{r}/e{}", pick % shape.names);
+        async move {
+            let opts = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+            let prefix = format!("{dir}/n-");
+            let payload = b"somepayload-of-about-100-bytes";
+            let (created, listed) =
+                tokio::join!(c.create(&prefix, payload, &opts), c.get_children(&dir));
+            let seq = match created {
+                Ok((_, seq)) => {
+                    listed?;
+                    seq
+                }
+                Err(zookeeper_client::Error::NoNode) => {
+                    // The container, then the retry, in one round trip (as queuelock).
+                    let container = CreateMode::Container.with_acls(Acls::anyone_all());
+                    let (made, created, listed) = tokio::join!(
+                        c.create(&dir, b"", &container),
+                        c.create(&prefix, payload, &opts),
+                        c.get_children(&dir)
+                    );
+                    match made {
+                        Ok(_) | Err(zookeeper_client::Error::NodeExists) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    listed?;
+                    created?.1
+                }
+                Err(e) => return Err(e.into()),
+            };
+            c.delete(&format!("{prefix}{seq}"), None).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let mut out = shape.result(elapsed, grants, samples);
+    out["operations"] = json!("queuelock's create + children read and delete, raw");
     Ok(out)
 }

@@ -96,6 +96,13 @@ async fn harness(
 ) -> BResult<serde_json::Value> {
     if scenario == "per-entity" {
         let shape = scenario::PerEntity::parse(args)?;
+        if implementation == "floorq" {
+            return match backend {
+                "etcd" => impls::etcd_floor_queue_concurrent(endpoint, shape).await,
+                "zookeeper" => impls::zk_floor_queue_concurrent(endpoint, shape).await,
+                other => Err(format!("floorq: no raw queue requests for {other}").into()),
+            };
+        }
         if implementation == "floor" {
             return match backend {
                 "etcd" => impls::etcd_floor_concurrent(endpoint, shape).await,
