@@ -9,23 +9,33 @@ use crate::Naming;
 /// Curator's protected form `_c_<uuid>-<kind>`, or kazoo's `<uuid hex><kind>` (kazoo
 /// counts a child as a contender when it matches `(__lock__|__rlock__)(-?\d{10})$`).
 pub(crate) fn prefix(spec: &NodeSpec, naming: Naming) -> String {
-    match (naming, spec.kind) {
-        (Naming::Kazoo, NodeKind::Read) => format!("{}__rlock__", spec.id.simple()),
+    // Written with `encode_lower` rather than `format!`: a create builds this on every
+    // acquire, and the formatting machinery cost more than the rest of the name.
+    let mut buf = uuid::Uuid::encode_buffer();
+    let (head, id, tail) = match (naming, spec.kind) {
+        (Naming::Kazoo, NodeKind::Read) => {
+            ("", &*spec.id.simple().encode_lower(&mut buf), "__rlock__")
+        }
         // kazoo's semaphore has another layout: permits keep queuelock's own names.
         (Naming::Kazoo, kind) if kind != NodeKind::Permit => {
-            format!("{}__lock__", spec.id.simple())
+            ("", &*spec.id.simple().encode_lower(&mut buf), "__lock__")
         }
         (_, kind) => {
-            let kind = match kind {
-                NodeKind::Read => "__READ__",
-                NodeKind::Write => "__WRIT__",
-                NodeKind::Latch => "latch-",
-                NodeKind::Permit => "permit-",
-                _ => "lock-",
+            let tail = match kind {
+                NodeKind::Read => "-__READ__",
+                NodeKind::Write => "-__WRIT__",
+                NodeKind::Latch => "-latch-",
+                NodeKind::Permit => "-permit-",
+                _ => "-lock-",
             };
-            format!("_c_{}-{kind}", spec.id.hyphenated())
+            ("_c_", &*spec.id.hyphenated().encode_lower(&mut buf), tail)
         }
-    }
+    };
+    let mut out = String::with_capacity(head.len() + id.len() + tail.len());
+    out.push_str(head);
+    out.push_str(id);
+    out.push_str(tail);
+    out
 }
 
 /// The marker of `spec`'s nodes (a prefix no other attempt's name has), for finding them

@@ -140,17 +140,17 @@ impl ZkSession {
     }
 
     fn path(&self, rel: &str) -> String {
-        format!("{}/{rel}", self.inner.chroot)
+        // Concatenated, not `format!`: every request builds one.
+        let root = &self.inner.chroot;
+        let mut path = String::with_capacity(root.len() + 1 + rel.len());
+        path.push_str(root);
+        path.push('/');
+        path.push_str(rel);
+        path
     }
 
-    /// A listing from child names; `own` supplies the exact token of our node.
-    fn listing(
-        &self,
-        queue: &str,
-        children: &[String],
-        revision: i64,
-        own: Option<(&str, u64)>,
-    ) -> Listing {
+    /// A listing from child names (tokens 0: a listing does not read them).
+    fn listing(&self, queue: &str, children: &[String], revision: i64) -> Listing {
         let mut nodes: Vec<Node> = children
             .iter()
             .filter_map(|name| {
@@ -159,14 +159,10 @@ impl ZkSession {
                     return None;
                 };
                 let key = format!("{queue}/{name}");
-                let token = match own {
-                    Some((k, t)) if k == key => t,
-                    _ => 0,
-                };
                 Some(Node {
                     key,
                     sequence,
-                    token,
+                    token: 0,
                     kind,
                 })
             })
@@ -281,7 +277,7 @@ impl Session for ZkSession {
     async fn list(&self, queue: &str) -> Result<Listing> {
         let client = self.client()?;
         match client.get_children(&self.path(queue)).await {
-            Ok((children, stat)) => Ok(self.listing(queue, &children, stat.pzxid, None)),
+            Ok((children, stat)) => Ok(self.listing(queue, &children, stat.pzxid)),
             Err(ZkError::NoNode) => Ok(Listing::default()),
             Err(e) => Err(self.fail(e)),
         }
@@ -301,42 +297,9 @@ impl Session for ZkSession {
             Err(e) => return Err(self.fail(e)),
         };
         let mine = me.key.rsplit('/').next().unwrap_or(&me.key);
-        let mut present = false;
-        // The nearest older selected node (sequence, index, kind), and whether there is
-        // another one older still.
-        let mut nearest: Option<(u64, usize, queuelock_core::NodeKind)> = None;
-        let mut more = false;
-        for (i, name) in children.iter().enumerate() {
-            if name == mine {
-                present = true;
-                continue;
-            }
-            let Some((sequence, kind)) = names::parse(name) else {
-                continue;
-            };
-            if sequence >= me.sequence || !ahead.selects(kind) {
-                continue;
-            }
-            match nearest {
-                Some((s, _, _)) if s > sequence => more = true,
-                Some(_) => {
-                    more = true;
-                    nearest = Some((sequence, i, kind));
-                }
-                None => nearest = Some((sequence, i, kind)),
-            }
-        }
-        if !present {
-            return Err(Error::LockLost(LossReason::NodeDeleted));
-        }
-        let blocker = nearest.map(|(sequence, i, kind)| Node {
-            key: format!("{queue}/{}", children[i]),
-            sequence,
-            token: 0,
-            kind,
-        });
-        let last = blocker.is_some() && !more;
-        Ok(Turn::new(blocker, stat.pzxid.max(0) as u64).with_last(last))
+        let scan = scan(&children, mine, me.sequence, ahead)
+            .ok_or(Error::LockLost(LossReason::NodeDeleted))?;
+        Ok(scan.turn(queue, &children, stat.pzxid))
     }
 
     /// A data watch on the key (it cannot leak like an `exists` watch on a missing node);
@@ -394,7 +357,7 @@ impl Session for ZkSession {
             return Ok(());
         }
         let head = self
-            .listing(queue, &children, stat.pzxid, None)
+            .listing(queue, &children, stat.pzxid)
             .nodes
             .into_iter()
             .next();
@@ -741,5 +704,68 @@ impl Session for ZkSession {
             }
         }
         Ok(())
+    }
+}
+
+/// One pass over a queue's child names for the waiter whose node is `mine` (sequence
+/// `sequence`): whether it is there, the nearest older child `ahead` selects, whether
+/// another selected one is older still, and how many parsed children are ahead of it.
+/// `None` when `mine` is not among the children. No key or node is built for the other
+/// children: a create or a wake-up in a long queue costs one pass over the names.
+pub(crate) fn scan(children: &[String], mine: &str, sequence: u64, ahead: Ahead) -> Option<Scan> {
+    let mut present = false;
+    let mut out = Scan {
+        nearest: None,
+        more: false,
+        before: 0,
+    };
+    for (i, name) in children.iter().enumerate() {
+        if name == mine {
+            present = true;
+            continue;
+        }
+        let Some((seq, kind)) = names::parse(name) else {
+            continue;
+        };
+        if seq >= sequence {
+            continue;
+        }
+        out.before += 1;
+        if !ahead.selects(kind) {
+            continue;
+        }
+        match out.nearest {
+            Some((s, _, _)) if s > seq => out.more = true,
+            Some(_) => {
+                out.more = true;
+                out.nearest = Some((seq, i, kind));
+            }
+            None => out.nearest = Some((seq, i, kind)),
+        }
+    }
+    present.then_some(out)
+}
+
+/// What [`scan`] found.
+pub(crate) struct Scan {
+    /// The nearest older selected child: (sequence, index among the children, kind).
+    nearest: Option<(u64, usize, queuelock_core::NodeKind)>,
+    /// Another selected child is older than `nearest`.
+    more: bool,
+    /// Children (with a sequence) ahead of ours.
+    pub(crate) before: usize,
+}
+
+impl Scan {
+    /// The waiter's read this scan answers, for `queue` read at `pzxid`.
+    pub(crate) fn turn(&self, queue: &str, children: &[String], pzxid: i64) -> Turn {
+        let blocker = self.nearest.map(|(sequence, i, kind)| Node {
+            key: format!("{queue}/{}", children[i]),
+            sequence,
+            token: 0,
+            kind,
+        });
+        let last = blocker.is_some() && !self.more;
+        Turn::new(blocker, pzxid.max(0) as u64).with_last(last)
     }
 }

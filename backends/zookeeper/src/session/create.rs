@@ -3,7 +3,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use queuelock_core::{Created, Error, NodeSpec, Result};
+use queuelock_core::{Ahead, Created, Error, LossReason, Node, NodeSpec, Result};
 use zookeeper_client::{Client, CreateMode, Error as ZkError};
 
 use super::{ZkSession, MAX_RACES};
@@ -83,9 +83,7 @@ impl ZkSession {
             .get_children(&self.path(queue))
             .await
             .map_err(|e| self.fail(e))?;
-        let created = self
-            .listing(queue, &children, stat.pzxid, Some((&key, token)))
-            .created(&key, spec.ahead)?;
+        let created = answer(key, token, &children, stat.pzxid, spec.ahead)?;
         self.own(&created.node.key, created.node.token);
         Ok(created)
     }
@@ -102,7 +100,12 @@ impl ZkSession {
                 return self.adopt(client, spec, key, token).await;
             }
         }
-        let prefix = format!("{dir}/{}", names::prefix(spec, self.inner.options.naming));
+        // Built once: the create's path and, with the sequence, our node's name.
+        let stem = names::prefix(spec, self.inner.options.naming);
+        let mut prefix = String::with_capacity(dir.len() + 1 + stem.len());
+        prefix.push_str(&dir);
+        prefix.push('/');
+        prefix.push_str(&stem);
         let opts = CreateMode::EphemeralSequential.with_acls(self.inner.acls());
         let dir_opts = CreateMode::Container.with_acls(self.inner.acls());
         // Whether the parent was just found missing: then its create goes first, in the
@@ -133,17 +136,11 @@ impl ZkSession {
             }
             match created {
                 Ok((stat, seq)) => {
-                    let key = format!(
-                        "{}/{}{seq}",
-                        spec.queue,
-                        names::prefix(spec, self.inner.options.naming)
-                    );
+                    let key = format!("{}/{stem}{seq}", spec.queue);
                     let token = stat.czxid as u64;
                     self.own(&key, token);
                     let (children, parent) = children.map_err(|e| self.fail(e))?;
-                    return self
-                        .listing(&spec.queue, &children, parent.pzxid, Some((&key, token)))
-                        .created(&key, spec.ahead);
+                    return answer(key, token, &children, parent.pzxid, spec.ahead);
                 }
                 Err(ZkError::NoNode) if !missing => {
                     // Parent missing (reaped as an empty container): create it in front
@@ -171,6 +168,33 @@ impl ZkSession {
             source: None,
         })
     }
+}
+
+/// The answer of a create whose node is `key` (with `token`), from the children read
+/// behind it: [`Error::LockLost`] if the read does not show our node (it was deleted in
+/// between).
+fn answer(
+    key: String,
+    token: u64,
+    children: &[String],
+    pzxid: i64,
+    ahead: Ahead,
+) -> Result<Created> {
+    let lost = || Error::LockLost(LossReason::NodeDeleted);
+    let (queue, name) = key.rsplit_once('/').ok_or_else(lost)?;
+    let (sequence, kind) = names::parse(name).ok_or_else(lost)?;
+    let scan = super::scan(children, name, sequence, ahead).ok_or_else(lost)?;
+    let turn = scan.turn(queue, children, pzxid);
+    Ok(Created {
+        node: Node {
+            key,
+            sequence,
+            token,
+            kind,
+        },
+        turn,
+        ahead: Some(scan.before),
+    })
 }
 
 #[cfg(test)]
