@@ -386,6 +386,8 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
     // (`None` until a read showed it gone after a broken watch). See `delay`.
     let delayed = !ctx.lock_delay.is_zero() && req.admission.is_none();
     let mut waited_for: Option<(Node, bool, Option<Instant>)> = None;
+    // Whether this attempt waited: then others likely queue behind it (see `mark_held`).
+    let mut waited = false;
     let turn = loop {
         let Some(blocker) = read.blocker else {
             if let Some((gone, last, seen)) = waited_for.take() {
@@ -418,6 +420,11 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             }
             pending.disarm();
             tracing::debug!(lock = req.queue, token = me.token, "granted");
+            if waited && req.ahead == Ahead::Predecessor {
+                // Nothing older is left: the waiter behind us may take our deletion as
+                // its turn without a read (`Session::blocker_deleted`).
+                session.mark_held(&me);
+            }
             // With an admission this is only a turn in the waiting line: the hold is the
             // holder node entered next.
             let hold = req.admission.is_none().then(|| hold_record(labels));
@@ -445,16 +452,19 @@ async fn attempt<M: Mode>(ctx: &Context, req: &Request<'_>, labels: &Labels) -> 
             return Ok(out);
         }
         tracing::trace!(lock = req.queue, waiting_for = %blocker.key, "queued");
-        let deleted = wait_turn(&*session, &blocker.key, read.revision).await?;
+        let woke = wait_turn(&*session, &blocker, read.revision).await?;
+        let deleted = woke.is_some();
+        waited = true;
         labels.wakeup();
         if delayed {
             waited_for = Some((blocker.clone(), read.last, deleted.then(Instant::now)));
         }
-        if deleted && read.last && alive(&*session) {
-            // The blocker was the last node ahead, and none can join ahead of ours: our
-            // turn, without a second read. Our node exists while our session lives (only
-            // someone deleting it could remove it, and the lease's watch, from the
-            // revision of our last read, reports that as a loss like any holder's).
+        if deleted && (read.last || woke == Some(true)) && alive(&*session) {
+            // The blocker was the last node ahead, or was held when it went (nothing
+            // older was left then), and none can join ahead of ours: our turn, without a
+            // second read. Our node exists while our session lives (only someone
+            // deleting it could remove it, and the lease's watch, from the revision of
+            // our last read, reports that as a loss like any holder's).
             read = queuelock_core::Turn::new(None, read.revision);
             continue;
         }
@@ -622,8 +632,9 @@ async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
     }
 }
 
-/// Waits until `blocker` is gone: `Ok(true)`. Errors if the session is lost. Returns
-/// `Ok(false)` after a broken watch: the caller reads again.
+/// Waits until `blocker` is gone: `Ok(Some(held))`, `held` when the store showed it was
+/// held as it went ([`Session::blocker_deleted`]). Errors if the session is lost. Returns
+/// `Ok(None)` after a broken watch: the caller reads again.
 ///
 /// Our own node is not watched: the session's state reports its loss, and the read after
 /// every wake proves our node still exists (a node deleted by someone else is found
@@ -631,18 +642,18 @@ async fn any_deleted(guard: &Lease, keys: &[String], since: u64) -> Result<()> {
 /// watch on our own delete) and a second watch per waiter.
 ///
 /// Cancel safety: safe; dropping it cancels the watch.
-async fn wait_turn(session: &dyn Session, blocker: &str, since: u64) -> Result<bool> {
+async fn wait_turn(session: &dyn Session, blocker: &Node, since: u64) -> Result<Option<bool>> {
     let mut state = session.state();
     // The select's outputs hold no borrow of the state channel, so the future stays Send.
     let woke = tokio::select! {
-        r = session.deleted(blocker, since) => Some(r),
+        r = session.blocker_deleted(blocker, since) => Some(r),
         _ = state.wait_for(|s| *s == SessionState::Lost) => None,
     };
     match woke {
-        Some(Ok(())) => Ok(true),
+        Some(Ok(held)) => Ok(Some(held)),
         Some(Err(e)) if e.is_retryable() => settle(session, Duration::from_millis(50))
             .await
-            .map(|()| false),
+            .map(|()| None),
         Some(Err(e)) => Err(e),
         None => Err(Error::SessionExpired(session.id())),
     }

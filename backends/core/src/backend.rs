@@ -133,6 +133,31 @@ pub trait Session: Send + Sync + fmt::Debug {
     /// Cancel safety: safe; dropping it cancels the watch.
     async fn deleted(&self, key: &str, since: Revision) -> Result<()>;
 
+    /// Like [`Session::deleted`] for the node a waiter waits for, and whether the store
+    /// shows that node was **held** before it went: `Ok(true)` only if it had been marked
+    /// with [`Session::mark_held`] (or, on a store that says so, written while held) and
+    /// is an exclusive node (not a [`crate::NodeKind::Read`]). Such a node had nothing
+    /// older than it left in its queue, and nothing can join ahead of a node later, so
+    /// after its deletion only nodes between it and the waiter can be ahead of the
+    /// waiter: none its rule selects (else the waiter would have waited for that one).
+    /// The waiter's turn then needs no second read. `Ok(false)` when the store cannot
+    /// tell, which is always safe. Default: [`Session::deleted`], then `false`.
+    ///
+    /// Errors: as [`Session::deleted`].
+    ///
+    /// Cancel safety: safe; dropping it cancels the watch.
+    async fn blocker_deleted(&self, blocker: &Node, since: Revision) -> Result<bool> {
+        self.deleted(&blocker.key, since).await.map(|()| false)
+    }
+
+    /// Records, in the background and at best effort, that `node` (this session's own
+    /// exclusive node, just granted: nothing older is left in its queue) holds, so that
+    /// the waiter behind it learns so from its deletion ([`Session::blocker_deleted`]).
+    /// The write applies only while `node` still exists. Default: nothing.
+    fn mark_held(&self, node: &Node) {
+        let _ = node;
+    }
+
     /// Like [`Session::deleted`] for a node we hold (so `since` is when we knew it
     /// existed): may report the deletion somewhat later (etcd: up to ~100 ms) in exchange
     /// for no extra round trip, since the session's state reports a lost session anyway.

@@ -205,6 +205,24 @@ pub(crate) fn lease_of(key: &str) -> Option<i64> {
     u64::from_str_radix(hex, 16).ok().map(|l| l as i64)
 }
 
+/// Whether the node at `key` is one whose key this version of queuelock writes again
+/// only while it holds, and then holds exclusively (nothing older left in its queue): an
+/// exclusive node in today's layout (`<lease hex>-<kind>-<slot>`). A reader holds beside
+/// older readers; other tools' and older versions' nodes may be written while waiting
+/// (Go's `Campaign` again with a new value). So a version above 1 of such a key, seen as
+/// it is deleted, means it was held (see [`crate::session`]'s `mark_held`).
+pub(crate) fn written_only_while_held(key: &str) -> bool {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let mut parts = name.splitn(3, '-');
+    let (lease, tag, slot) = (parts.next(), parts.next(), parts.next());
+    let ours = lease.is_some_and(|l| u64::from_str_radix(l, 16).is_ok())
+        && slot.is_some_and(|s| s.parse::<u32>().is_ok());
+    ours && matches!(
+        tag.map(NodeKind::from_tag),
+        Some(NodeKind::Lock | NodeKind::Write | NodeKind::Latch | NodeKind::Permit)
+    )
+}
+
 /// The kind of a node from its name (the last path segment). Names written by other
 /// tools (`etcdctl lock`: just the lease id) are `Unknown`, which recipes treat as
 /// exclusive.
@@ -233,6 +251,21 @@ mod tests {
         assert_eq!(
             parse_kind(key.rsplit('/').next().unwrap_or_default()),
             NodeKind::Read
+        );
+        assert!(!written_only_while_held(k.rel(&key)), "a reader");
+        let spec = NodeSpec::new("q", NodeKind::Write, vec![]);
+        assert!(written_only_while_held(k.rel(&k.node(
+            0x694d77e1b3c8f20a,
+            &spec,
+            3
+        ))));
+        assert!(
+            !written_only_while_held("q/694d77e1b3c8f20a"),
+            "etcdctl lock's"
+        );
+        assert!(
+            !written_only_while_held("q/694d77e1b3c8f20a-lock-6f1b2c3d-9e8f-4a5b"),
+            "an older version's"
         );
         assert_eq!(parse_kind("694d77e1b3c8f20a"), NodeKind::Unknown);
         assert_eq!(Keys::new("").abs("x"), "x");

@@ -18,7 +18,13 @@
 //! * waiting watches one key for deletion, over **one watch stream per backend**
 //!   multiplexing every watch. A watch is opened at the current revision and only then is
 //!   the key read: etcd 3.4 serves watches that start in the past from a slow "unsynced"
-//!   path polled every 100 ms, which caps Go's mutex at ~10 grants/s per waiter. A
+//!   path polled every 100 ms, which caps Go's mutex at ~10 grants/s per waiter. Even a
+//!   watch from "now" lands there when a write holds etcd's watch lock as it is opened,
+//!   so a key's deletion watch is shared and kept for a few seconds after use: the next
+//!   waiter on the key (sessions reuse keys; contenders keep their order) finds it in
+//!   sync. It hears deletions only, with the key as it was: a holder marks its node with
+//!   a write when it was granted after a wait (`mark_held`), so the waiter behind learns
+//!   from the deletion itself that nothing older is left and holds without a read. A
 //!   waiter's reads are served without a round of consensus (serializable) unless the
 //!   member's revision is older than what the waiter has already seen;
 //! * deletes and guarded writes compare the node's `create_revision`, so a late delete

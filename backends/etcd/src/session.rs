@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::map_error;
-use crate::keys::{parse_kind, slot_of, Slots};
+use crate::keys::{parse_kind, slot_of, written_only_while_held, Slots};
 use crate::watch::Event;
 use crate::Inner;
 
@@ -100,8 +100,17 @@ impl EtcdSession {
 
     /// Waits on a key watch for the deletion of the node that `key` held at revision
     /// `since`, or this session's loss. A put that re-creates the key (a reused slot: a
-    /// create revision after `since`) means that node is gone too.
-    async fn until_deleted(&self, reg: &mut crate::watch::Registration, since: u64) -> Result<()> {
+    /// create revision after `since`) means that node is gone too. Returns the deleted
+    /// key's create revision and version where the watch reports them (else zeros).
+    /// A deletion at or before revision `after`, when the node was known to exist, is an
+    /// earlier node's: a shared watch that lagged in etcd's unsynced loop may report it
+    /// after the subscription.
+    async fn until_deleted(
+        &self,
+        reg: &mut crate::watch::Registration,
+        since: u64,
+        after: u64,
+    ) -> Result<(i64, i64)> {
         let mut state = self.state.clone();
         loop {
             let ev = tokio::select! {
@@ -109,18 +118,57 @@ impl EtcdSession {
                 _ = state.wait_for(|s| *s == SessionState::Lost) => return Err(self.expired()),
             };
             match ev {
-                Event::Delete(at) => {
+                Event::Delete { at, .. } if after != 0 && at as u64 <= after => continue,
+                Event::Delete {
+                    at,
+                    created,
+                    version,
+                } => {
                     self.seen.fetch_max(at, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok((created, version));
                 }
                 Event::Put(created) if since != 0 && created as u64 > since => {
                     self.seen.fetch_max(created, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok((0, 0));
                 }
                 Event::Put(_) => continue,
                 Event::Broken => return Err(Error::connection("etcd watch broke")),
             }
         }
+    }
+
+    /// [`Session::deleted`] on the key's shared deletion watch ([`crate::watch::WatchHub::deletions`]);
+    /// returns what [`EtcdSession::until_deleted`] does (zeros when the node was gone
+    /// already). The key is read after subscribing unless the watch hears every deletion
+    /// after `since` ([`crate::watch::Registration::covers`]).
+    ///
+    /// Cancel safety: safe; dropping it leaves the watch.
+    async fn gone(&self, key: &str, since: u64) -> Result<(i64, i64)> {
+        self.check()?;
+        let abs = self.inner.keys.abs(key);
+        let mut reg = self
+            .inner
+            .watches
+            .deletions(abs.clone(), since as i64)
+            .await?;
+        // The newest revision at which the node is known to exist.
+        let mut after = since;
+        if !reg.covers {
+            // From the watch's start on: a deletion after that read is the watch's.
+            let resp = self
+                .read(reg.revision, |serializable| {
+                    vec![TxnOp::get(abs.clone(), Some(keys_only(serializable)))]
+                })
+                .await?;
+            let same = get_response(&resp)
+                .first()
+                .is_some_and(|kv| since == 0 || kv.create_revision() as u64 <= since);
+            if !same {
+                return Ok((0, 0));
+            }
+            after = after.max(resp.header().map_or(0, |h| h.revision()) as u64);
+        }
+        self.until_deleted(&mut reg, since, after).await
     }
 
     /// Maps an error, recognising a lease the server no longer knows.
@@ -559,31 +607,57 @@ impl Session for EtcdSession {
         Ok(self.listing(queue, resp.kvs(), revision))
     }
 
-    /// Opens the watch at the current revision (the fast path of etcd 3.4), then reads
-    /// the key unless nothing at all was written since `since`. The node counts as
-    /// deleted when the key is gone or holds a newer node (created after `since`: a
-    /// session reuses its keys).
+    /// Subscribes to the key's shared deletion watch (opened at the current revision, the
+    /// fast path of etcd 3.4, if there is none), then reads the key unless the watch
+    /// hears every deletion after `since` (it started then, or earlier and has reported
+    /// none since). The node counts as deleted when
+    /// the key is gone or holds a newer node (created after `since`: a session reuses
+    /// its keys).
+    ///
+    /// Cancel safety: safe; dropping it leaves the watch (kept a while for the next).
+    async fn deleted(&self, key: &str, since: u64) -> Result<()> {
+        self.gone(key, since).await.map(|_| ())
+    }
+
+    /// [`Session::deleted`] on a watch that hears deletions only, each with the key as it
+    /// was: a version above 1 is a write after the create, which for the nodes of
+    /// [`written_only_while_held`] comes only while they hold (`mark_held`, a revocation
+    /// seen, a leader's proclaim). One notification per release, as before: the server
+    /// drops the writes.
     ///
     /// Cancel safety: safe; dropping it cancels the watch.
-    async fn deleted(&self, key: &str, since: u64) -> Result<()> {
-        self.check()?;
-        let abs = self.inner.keys.abs(key);
-        let mut reg = self.inner.watches.watch(abs.clone(), false, 0).await?;
-        if since == 0 || reg.revision as u64 != since {
-            // From the watch's start on: a deletion after that read is the watch's.
-            let resp = self
-                .read(reg.revision, |serializable| {
-                    vec![TxnOp::get(abs.clone(), Some(keys_only(serializable)))]
-                })
-                .await?;
-            let same = get_response(&resp)
-                .first()
-                .is_some_and(|kv| since == 0 || kv.create_revision() as u64 <= since);
-            if !same {
-                return Ok(());
-            }
+    async fn blocker_deleted(&self, blocker: &Node, since: u64) -> Result<bool> {
+        let (created, version) = self.gone(&blocker.key, since).await?;
+        Ok(created == blocker.token as i64 && version > 1 && written_only_while_held(&blocker.key))
+    }
+
+    /// Marks a held node with a write that keeps its value and lease (its version goes
+    /// up), in a transaction that compares its create revision with the token, so it
+    /// cannot touch a later node at the same key. Not awaited: the holder's work and its
+    /// release do not wait for it; a release that overtakes it only costs the waiter
+    /// behind the read it would have made anyway.
+    fn mark_held(&self, node: &Node) {
+        if !written_only_while_held(&node.key) {
+            return;
         }
-        self.until_deleted(&mut reg, since).await
+        let abs = self.inner.keys.abs(&node.key);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                abs.clone(),
+                CompareOp::Equal,
+                node.token as i64,
+            )])
+            .and_then([TxnOp::put(
+                abs,
+                Vec::new(),
+                Some(PutOptions::new().with_ignore_value().with_ignore_lease()),
+            )]);
+        let mut kv = self.kv();
+        tokio::spawn(async move {
+            if let Err(e) = kv.txn(txn).await {
+                tracing::debug!(error = %e, "could not mark a held node");
+            }
+        });
     }
 
     /// A watch from `since + 1` and no read: the deletion cannot be missed, and etcd's
@@ -600,7 +674,7 @@ impl Session for EtcdSession {
             .watches
             .watch(self.inner.keys.abs(key), false, since as i64 + 1)
             .await?;
-        self.until_deleted(&mut reg, since).await
+        self.until_deleted(&mut reg, since, since).await.map(|_| ())
     }
 
     /// Watches the queue from `since + 1`: a past start revision is served by etcd's
@@ -740,7 +814,7 @@ impl Session for EtcdSession {
         match ev {
             Event::Put(_) => Ok(()),
             // The request goes with the node (its delete, its lease).
-            Event::Delete(_) => Err(Error::LockLost(LossReason::NodeDeleted)),
+            Event::Delete { .. } => Err(Error::LockLost(LossReason::NodeDeleted)),
             Event::Broken => Err(Error::connection("etcd watch broke")),
         }
     }

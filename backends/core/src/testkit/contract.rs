@@ -256,6 +256,65 @@ pub async fn deleted_not_missed_after_list(h: &dyn Harness) {
     watcher.close().await.expect("close");
 }
 
+/// [`Session::blocker_deleted`] fires like `deleted`, again for each new node at a key a
+/// session reuses (not on the earlier node's deletion), and reports a node as held only
+/// if it was marked with [`Session::mark_held`] and is exclusive: never an unmarked node,
+/// never a reader. A backend that records the mark (etcd) must report a marked exclusive
+/// node as held; the mark leaves the node's payload as it was.
+pub async fn blocker_deleted_reports_held_only_when_marked(h: &dyn Harness) {
+    let owner = open(h).await;
+    let watcher = open(h).await;
+    let records = h.backend().await.name() == "etcd";
+    let q = h.unique_name("held");
+    let rounds = [
+        (NodeKind::Lock, false),
+        (NodeKind::Lock, true),
+        (NodeKind::Read, true),
+        (NodeKind::Write, true),
+        (NodeKind::Lock, false),
+    ];
+    for (round, (kind, marked)) in rounds.into_iter().enumerate() {
+        let c = owner
+            .create_sequential(&spec(&q, kind, b"meta"))
+            .await
+            .expect("create");
+        if marked {
+            owner.mark_held(&c.node);
+        }
+        let rev = watcher.list(&q).await.expect("list").revision;
+        let (w, node) = (watcher.clone(), c.node.clone());
+        let waiting = tokio::spawn(async move { w.blocker_deleted(&node, rev).await });
+        // Time for the mark to land (a local write): a generous bound, not a timing test.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !waiting.is_finished(),
+            "round {round}: blocker_deleted() resolved while the node exists"
+        );
+        let (value, _) = watcher
+            .read_node(&c.node.key)
+            .await
+            .expect("read_node")
+            .expect("node exists");
+        assert_eq!(
+            value, b"meta",
+            "round {round}: the mark changed the payload"
+        );
+        owner.delete(&c.node).await.expect("delete");
+        let held = timeout(EVENTUALLY, waiting)
+            .await
+            .expect("blocker_deleted() did not fire")
+            .expect("join")
+            .expect("blocker_deleted() failed");
+        let expected = records && marked && kind != NodeKind::Read;
+        assert_eq!(
+            held, expected,
+            "round {round}: a {kind:?} node, marked: {marked}, reported held: {held}"
+        );
+    }
+    owner.close().await.expect("close");
+    watcher.close().await.expect("close");
+}
+
 /// Delete is guarded by identity: a late delete of an old node never removes a newer node,
 /// even one created again for the same attempt.
 pub async fn delete_is_identity_guarded(h: &dyn Harness) {
@@ -526,6 +585,7 @@ macro_rules! contract_tests {
             kinds_round_trip,
             deleted_fires,
             deleted_not_missed_after_list,
+            blocker_deleted_reports_held_only_when_marked,
             delete_is_identity_guarded,
             abandon_removes_attempt,
             guarded_writes,
