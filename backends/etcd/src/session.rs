@@ -610,9 +610,8 @@ impl Session for EtcdSession {
     /// Subscribes to the key's shared deletion watch (opened at the current revision, the
     /// fast path of etcd 3.4, if there is none), then reads the key unless the watch
     /// hears every deletion after `since` (it started then, or earlier and has reported
-    /// none since). The node counts as deleted when
-    /// the key is gone or holds a newer node (created after `since`: a session reuses
-    /// its keys).
+    /// none since). The node counts as deleted when the key is gone or holds a newer
+    /// node (created after `since`: a session reuses its keys).
     ///
     /// Cancel safety: safe; dropping it leaves the watch (kept a while for the next).
     async fn deleted(&self, key: &str, since: u64) -> Result<()> {
@@ -625,7 +624,7 @@ impl Session for EtcdSession {
     /// seen, a leader's proclaim). One notification per release, as before: the server
     /// drops the writes.
     ///
-    /// Cancel safety: safe; dropping it cancels the watch.
+    /// Cancel safety: safe; dropping it leaves the watch (kept a while for the next).
     async fn blocker_deleted(&self, blocker: &Node, since: u64) -> Result<bool> {
         let (created, version) = self.gone(&blocker.key, since).await?;
         Ok(created == blocker.token as i64 && version > 1 && written_only_while_held(&blocker.key))

@@ -43,7 +43,7 @@ enum Cmd {
         key: Vec<u8>,
         prefix: bool,
         start_revision: i64,
-        created: oneshot::Sender<Result<i64>>,
+        created: Confirm,
         events: mpsc::UnboundedSender<Event>,
     },
     Cancel(i64),
@@ -51,7 +51,7 @@ enum Cmd {
         key: Vec<u8>,
         id: i64,
         since: i64,
-        subscribed: oneshot::Sender<Result<(i64, bool)>>,
+        subscribed: Confirm,
         events: mpsc::UnboundedSender<Event>,
     },
     Unsubscribe {
@@ -95,8 +95,6 @@ impl Registration {
     }
 }
 
-impl Registration {}
-
 impl Drop for Registration {
     fn drop(&mut self) {
         let _ = self.tx.send(match self.shared.take() {
@@ -126,35 +124,17 @@ impl WatchHub {
         prefix: bool,
         start_revision: i64,
     ) -> Result<Registration> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (created, confirmed) = oneshot::channel();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        self.tx
-            .send(Cmd::Create {
-                id,
-                key: key.into_bytes(),
-                prefix,
-                start_revision,
-                created,
-                events: events_tx,
-            })
-            .map_err(|_| Error::connection("etcd watch task ended"))?;
-        let mut reg = Registration {
+        self.register(None, |id, created, events| Cmd::Create {
             id,
-            shared: None,
-            tx: self.tx.clone(),
+            key: key.into_bytes(),
+            prefix,
+            start_revision,
+            created,
             events,
-            revision: 0,
-            covers: false,
-        };
-        reg.revision = confirmed
-            .await
-            .map_err(|_| Error::connection("etcd watch stream broke before the watch started"))??;
-        Ok(reg)
+        })
+        .await
     }
-}
 
-impl WatchHub {
     /// Subscribes to the shared watch of `key`'s deletions (opening it if there is none),
     /// which the server sends with the deleted key as it was (create revision, version),
     /// and no writes. Events from the subscription on are this registration's; unless it
@@ -164,22 +144,35 @@ impl WatchHub {
     ///
     /// Cancel safety: safe; a dropped call leaves the watch to expire.
     pub(crate) async fn deletions(&self, key: String, since: i64) -> Result<Registration> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (subscribed, confirmed) = oneshot::channel();
-        let (events_tx, events) = mpsc::unbounded_channel();
         let key = key.into_bytes();
+        self.register(Some(key.clone()), |id, subscribed, events| Cmd::Subscribe {
+            key,
+            id,
+            since,
+            subscribed,
+            events,
+        })
+        .await
+    }
+
+    /// Sends the command `cmd` builds (from a fresh id, the confirmation's sender and the
+    /// events' sender) and waits for the watch task's confirmation.
+    ///
+    /// Cancel safety: safe; a dropped call's registration is dropped with it.
+    async fn register(
+        &self,
+        shared: Option<Vec<u8>>,
+        cmd: impl FnOnce(i64, Confirm, mpsc::UnboundedSender<Event>) -> Cmd,
+    ) -> Result<Registration> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (confirm, confirmed) = oneshot::channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
         self.tx
-            .send(Cmd::Subscribe {
-                key: key.clone(),
-                id,
-                since,
-                subscribed,
-                events: events_tx,
-            })
+            .send(cmd(id, confirm, events_tx))
             .map_err(|_| Error::connection("etcd watch task ended"))?;
         let mut reg = Registration {
             id,
-            shared: Some(key),
+            shared,
             tx: self.tx.clone(),
             events,
             revision: 0,
@@ -192,16 +185,17 @@ impl WatchHub {
     }
 }
 
-/// Where a subscription learns the revision it starts at and whether it hears every
-/// deletion after its `since` (see [`Registration::covers`]).
-type Subscribed = oneshot::Sender<Result<(i64, bool)>>;
+/// Where a registration learns the revision it starts at and whether it hears every
+/// deletion after its `since` (see [`Registration::covers`]; always `false` for a watch
+/// of its own).
+type Confirm = oneshot::Sender<Result<(i64, bool)>>;
 
 /// A shared deletion watch and its subscribers.
 struct Shared {
     /// The watch's id on the stream.
     id: i64,
     /// Subscribers waiting for the watch to start (it has not been confirmed yet).
-    starting: Vec<(i64, i64, Subscribed, mpsc::UnboundedSender<Event>)>,
+    starting: Vec<(i64, i64, Confirm, mpsc::UnboundedSender<Event>)>,
     /// The revision the watch started after (its events are from the next one on).
     start: i64,
     /// The newest deletion it has reported.
@@ -212,7 +206,7 @@ struct Shared {
 }
 
 struct Watcher {
-    created: Option<oneshot::Sender<Result<i64>>>,
+    created: Option<Confirm>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -422,7 +416,7 @@ impl Hub {
             Some(Target::One(w)) => {
                 if resp.created() {
                     if let Some(c) = w.created.take() {
-                        let _ = c.send(Ok(rev));
+                        let _ = c.send(Ok((rev, false)));
                     }
                 }
                 for e in &events {
